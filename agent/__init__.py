@@ -1,0 +1,3 @@
+"""sidecar-agent: a health-and-shutdown sidecar for Kubernetes pods."""
+
+__version__ = "0.1.0"

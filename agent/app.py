@@ -1,0 +1,193 @@
+"""Finds the watched app process through psutil and samples its resources."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+from agent.config import AppMatch
+
+log = logging.getLogger("agent.app")
+
+
+@dataclass(frozen=True)
+class AppSample:
+    """The app process as last seen; `cmdline` is left out because arguments can hold secrets."""
+
+    pid: int
+    create_time: float
+    name: str
+    status: str
+    rss: int
+    threads: int
+    fds: int
+    cpu_seconds: float
+    cpu_rate: float | None  # cores used since the previous sample
+    at: float  # monotonic
+
+    @property
+    def identity(self) -> tuple[int, float]:
+        return self.pid, self.create_time
+
+
+def describe_match(match: AppMatch | None, pid: int | None = None) -> str:
+    if pid is not None:
+        return f"child pid {pid}"
+    if match is None:
+        return "no app configured"
+    if match.pidfile:
+        return f"pidfile {match.pidfile}"
+    if match.name:
+        return f"name {match.name!r}"
+    return f"cmdline /{match.cmdline}/"
+
+
+class AppMonitor:
+    """Locates the app by `app.match` (or a known child pid), notices restarts, keeps the last sample."""
+
+    def __init__(self, match: AppMatch | None, *, pid: int | None = None,
+                 clock: Callable[[], float], on_restart: Callable[[AppSample, AppSample | None], None] | None = None) -> None:
+        self.match = match
+        self.child_pid = pid
+        self._clock = clock
+        self._on_restart = on_restart
+        self._pattern = re.compile(match.cmdline) if match and match.cmdline else None
+        self._process: psutil.Process | None = None
+        self._identity: tuple[int, float] | None = None
+        self.sample: AppSample | None = None
+        self.restarts = 0
+        self.error: str | None = None  # why the last lookup found nothing
+        self._lock = asyncio.Lock()  # the process check and the sampler must not look up at once
+
+    @property
+    def description(self) -> str:
+        return describe_match(self.match, self.child_pid)
+
+    async def refresh(self) -> AppSample | None:
+        """Look the app up again (in a thread: psutil reads /proc) and return the new sample."""
+        async with self._lock:
+            return await asyncio.to_thread(self.refresh_sync)
+
+    def refresh_sync(self) -> AppSample | None:
+        previous = self.sample
+        process = self._locate()
+        if process is None:
+            self.sample = None
+            return None
+        sample = self._read(process, previous)
+        if sample is None:
+            self.sample = None
+            return None
+        if self._identity is not None and sample.identity != self._identity:
+            self.restarts += 1
+            if self._on_restart is not None:
+                self._on_restart(sample, previous)
+        self._identity = sample.identity
+        self.sample = sample
+        return sample
+
+    def _locate(self) -> psutil.Process | None:
+        if self._process is not None and self._still_matches(self._process):
+            return self._process
+        self._process = None
+        try:
+            found = self._find()
+        except (OSError, ValueError) as exc:
+            self.error = f"cannot look up the app: {exc}"
+            return None
+        if found is None:
+            self.error = f"no process matches {self.description}"
+        else:
+            self.error = None
+        self._process = found
+        return found
+
+    def _still_matches(self, process: psutil.Process) -> bool:
+        try:
+            return process.is_running() and self._identity == (process.pid, process.create_time()) and (
+                self.match is None or not self.match.pidfile or self._pidfile_pid() == process.pid)
+        except (psutil.Error, OSError, ValueError):
+            return False
+
+    def _pidfile_pid(self) -> int:
+        assert self.match and self.match.pidfile
+        with open(self.match.pidfile, encoding="ascii") as handle:
+            return int(handle.read().strip())
+
+    def _find(self) -> psutil.Process | None:
+        if self.child_pid is not None:
+            return _process_or_none(self.child_pid)
+        if self.match is None:
+            return None
+        if self.match.pidfile:
+            try:
+                return _process_or_none(self._pidfile_pid())
+            except FileNotFoundError:
+                return None
+        me = os.getpid()
+        candidates = []
+        for proc in psutil.process_iter(["pid", "name", "cmdline", "create_time"]):
+            info = proc.info
+            if info["pid"] == me:
+                continue
+            if self.match.name is not None:
+                hit = info["name"] == self.match.name
+            else:
+                assert self._pattern is not None
+                hit = bool(info["cmdline"]) and bool(self._pattern.search(" ".join(info["cmdline"])))
+            if hit:
+                candidates.append(proc)
+        # Of several matches (a master and its workers), watch the oldest: the one that started them.
+        return min(candidates, key=lambda p: (p.info["create_time"], p.pid), default=None)
+
+    def _read(self, process: psutil.Process, previous: AppSample | None) -> AppSample | None:
+        now = self._clock()
+        try:
+            with process.oneshot():
+                status = process.status()
+                create_time = process.create_time()
+                name = process.name()
+                if status == psutil.STATUS_ZOMBIE:
+                    rss = threads = fds = 0
+                    cpu = 0.0
+                else:
+                    rss = process.memory_info().rss
+                    threads = process.num_threads()
+                    fds = _num_fds(process)
+                    times = process.cpu_times()
+                    cpu = times.user + times.system
+        except psutil.ZombieProcess:
+            status, rss, threads, fds, cpu = psutil.STATUS_ZOMBIE, 0, 0, 0, 0.0
+            create_time, name = (previous.create_time, previous.name) if previous else (0.0, "?")
+        except psutil.NoSuchProcess:
+            self._process = None
+            self.error = f"no process matches {self.description}"
+            return None
+        except psutil.AccessDenied as exc:
+            self.error = f"not allowed to read the app's process (pid {process.pid}): {exc}"
+            return None
+        rate = None
+        if previous is not None and previous.identity == (process.pid, create_time) and now > previous.at:
+            rate = max(0.0, (cpu - previous.cpu_seconds) / (now - previous.at))
+        return AppSample(pid=process.pid, create_time=create_time, name=name, status=status, rss=rss,
+                         threads=threads, fds=fds, cpu_seconds=cpu, cpu_rate=rate, at=now)
+
+
+def _process_or_none(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except (psutil.NoSuchProcess, ValueError):
+        return None
+
+
+def _num_fds(process: psutil.Process) -> int:
+    try:
+        return process.num_fds()
+    except (psutil.AccessDenied, AttributeError):
+        return 0

@@ -1,0 +1,118 @@
+"""The command line: run, check-config, schema. Exit 0 clean, 1 internal error, 2 usage or config error."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+import yaml
+
+from agent import __version__, logs
+from agent.config import DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
+from agent.units import parse_address
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as is, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidecar-agent", description="A health-and-shutdown sidecar for Kubernetes pods.")
+    parser.add_argument("--version", action="version", version=f"sidecar-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", help="config file (default: $SIDECAR_AGENT_CONFIG, else the embedded default)")
+    run.add_argument("--listen", help="address to serve on, overriding the config (default: $SIDECAR_AGENT_LISTEN)")
+    check = sub.add_parser("check-config", help="validate a config and print it normalised, secrets redacted")
+    check.add_argument("file")
+    sub.add_parser("schema", help="print the config's JSON Schema")
+    return parser
+
+
+def read_config(path: str | None, env: Mapping[str, str]) -> Config:
+    """Load the config at `path`, or the embedded default when there is none."""
+    if path is None:
+        return load(DEFAULT_CONFIG, env)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise UsageError(f"sidecar-agent: cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        return load(data, env)
+    except ConfigError as exc:
+        raise UsageError("\n".join(f"{path}: {p}: {m}" if p else f"{path}: {m}" for p, m in exc.problems)) from None
+
+
+def _with_overrides(config: Config, listen: str | None, env: Mapping[str, str]) -> Config:
+    if listen:
+        try:
+            config = dataclasses.replace(config, listen=parse_address(listen, default_host="0.0.0.0", any_port=True))
+        except ValueError as exc:
+            raise UsageError(f"sidecar-agent: --listen: {exc}") from None
+    if config.admin.token_file:
+        try:
+            with open(config.admin.token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"sidecar-agent: admin.token_file: cannot read {config.admin.token_file}: {exc}") from None
+        if not token:
+            raise UsageError(f"sidecar-agent: admin.token_file: {config.admin.token_file} is empty")
+        config = dataclasses.replace(config, admin=dataclasses.replace(config.admin, token=token),
+                                     secrets=config.secrets | {token})
+    return config
+
+
+def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from agent.daemon import serve  # the server stack loads only for commands that serve
+
+    config = read_config(args.config or env.get("SIDECAR_AGENT_CONFIG"), env)
+    config = _with_overrides(config, args.listen or env.get("SIDECAR_AGENT_LISTEN"), env)
+    scrub = logs.setup(config.log.level, config.log.format, logs.Scrubber(config.secrets))
+    try:
+        return asyncio.run(serve(config, scrub))
+    except OSError as exc:
+        host, port = config.listen
+        logging.getLogger("agent").error("cannot listen on %s:%s: %s", host, port, exc.strerror or exc)
+        return EXIT_INTERNAL
+
+
+def cmd_check_config(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    config = read_config(args.file, env)
+    sys.stdout.write(yaml.safe_dump(dump(config), sort_keys=False, default_flow_style=False))
+    print(f"{args.file}: ok, {len(config.checks)} checks", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "schema": cmd_schema}
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """Entry point of `sidecar-agent` and `python -m agent`; returns the exit code."""
+    args = _parser().parse_args(argv)
+    env = os.environ if env is None else env
+    try:
+        return COMMANDS[args.command](args, env)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:
+        print(f"sidecar-agent: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if env.get("SIDECAR_AGENT_DEBUG"):
+            raise
+        return EXIT_INTERNAL

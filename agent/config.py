@@ -1,0 +1,357 @@
+"""The config: YAML text and an environment in, frozen typed objects out, or every error with its key path."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from agent import checks
+from agent.fields import (
+    Address,
+    Bool,
+    ConfigError,
+    Duration,
+    Enum,
+    Field,
+    ListOf,
+    Number,
+    Problems,
+    Regex,
+    Section,
+    SignalName,
+    Str,
+    describe,
+    dump_fields,
+    join,
+    object_schema,
+    optional,
+    parse_mapping,
+)
+
+__all__ = ["DEFAULT_CONFIG", "CheckSpec", "Config", "ConfigError", "dump", "json_schema", "load"]
+
+PROBES = ("liveness", "readiness", "startup")
+CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+DEFAULT_CONFIG = """\
+# The embedded default: serve on every interface, no checks, so alive and ready at once.
+listen: 0.0.0.0:8686
+log: {level: info, format: json}
+checks: {}
+"""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    token_file: str | None = None
+    token_env: str | None = None
+    token: str | None = None  # the value of token_env, read from the environment given to the loader
+
+
+@dataclass(frozen=True)
+class AppMatch:
+    pidfile: str | None = None
+    name: str | None = None
+    cmdline: str | None = None
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    match: AppMatch | None = None
+    exit_with_app: bool = False
+
+
+@dataclass(frozen=True)
+class DrainConnections:
+    port: int
+    timeout: float
+
+
+@dataclass(frozen=True)
+class ShutdownConfig:
+    drain_delay: float = 5.0
+    relay_signal: bool = True
+    stop_signal: str = "SIGTERM"
+    stop_timeout: float = 20.0
+    drain_connections: DrainConnections | None = None
+    grace_period: float = 30.0
+
+    @property
+    def drain_budget(self) -> float:
+        """The longest the draining phase can last: the connection wait runs beside the delay."""
+        conns = self.drain_connections.timeout if self.drain_connections else 0.0
+        return max(self.drain_delay, conns)
+
+    @property
+    def budget(self) -> float:
+        """The longest the whole sequence can take before the agent exits."""
+        return self.drain_budget + (self.stop_timeout if self.relay_signal else 0.0)
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    type: str
+    probes: tuple[str, ...]
+    interval: float
+    timeout: float
+    initial_delay: float
+    failure_threshold: int
+    success_threshold: int
+    allow_in_liveness: bool
+    params: Any
+
+    @property
+    def stale_after(self) -> float:
+        """A result older than this counts as failing: interval + timeout + interval."""
+        return 2 * self.interval + self.timeout
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[str, int] = ("0.0.0.0", 8686)
+    log: LogConfig = LogConfig()
+    admin: AdminConfig = AdminConfig()
+    app: AppConfig = AppConfig()
+    checks: tuple[CheckSpec, ...] = ()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    secrets: frozenset[str] = frozenset()
+
+    def check(self, name: str) -> CheckSpec | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+
+LOG = Section([Field("level", Enum(["debug", "info", "warning", "error"], ignore_case=True), "info"),
+               Field("format", Enum(["json", "text"]), "json")], LogConfig)
+ADMIN = Section([optional("token_file", Str(), "file holding the bearer token for admin calls"),
+                 optional("token_env", Str(), "environment variable holding the bearer token")], AdminConfig)
+MATCH = Section([optional("pidfile", Str(), "file holding the app's pid"),
+                 optional("name", Str(), "the app's process name"),
+                 optional("cmdline", Regex(), "regex searched in the app's command line")],
+                AppMatch, one_of=("pidfile", "name", "cmdline"))
+APP = Section([optional("match", MATCH), Field("exit_with_app", Bool(), False)], AppConfig)
+DRAIN_CONNECTIONS = Section([Field("port", Number(integer=True, minimum=1, maximum=65535)),
+                             Field("timeout", Duration(positive=True))], DrainConnections)
+SHUTDOWN = Section([
+    Field("drain_delay", Duration(), 5.0, "how long readiness fails before the app is signalled"),
+    Field("relay_signal", Bool(), True, "send stop_signal to the app after draining"),
+    Field("stop_signal", SignalName(), "SIGTERM"),
+    Field("stop_timeout", Duration(positive=True), 20.0, "how long the app may take to exit before SIGKILL"),
+    optional("drain_connections", DRAIN_CONNECTIONS),
+    Field("grace_period", Duration(positive=True), 30.0, "the pod's terminationGracePeriodSeconds"),
+], ShutdownConfig)
+COMMON = (
+    Field("type", Enum(checks.type_names())),
+    Field("probes", ListOf(Enum(PROBES), unique=True),
+          ("readiness",), "which probes this check feeds; [] feeds only metrics and /status"),
+    Field("interval", Duration(positive=True), 10.0),
+    Field("timeout", Duration(positive=True), 1.0),
+    Field("initial_delay", Duration(), 0.0),
+    Field("failure_threshold", Number(integer=True, minimum=1), 3),
+    Field("success_threshold", Number(integer=True, minimum=1), 1),
+    Field("allow_in_liveness", Bool(), False, "permit a dependency check under liveness"),
+)
+TOP = (
+    Field("listen", Address(default_host="0.0.0.0"), ("0.0.0.0", 8686)),
+    Field("log", LOG, LogConfig()),
+    Field("admin", ADMIN, AdminConfig()),
+    Field("app", APP, AppConfig()),
+    Field("shutdown", SHUTDOWN, ShutdownConfig()),
+)
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate keys, which PyYAML would silently collapse."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    out: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)) or key is None:
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain string", key_node.start_mark)
+        key = str(key)
+        if key in out:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (YAML would keep only the last one)", key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=True)
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems) -> Any:
+    """Expand ${VAR} and ${VAR:-default} in every string value; `$$` is a literal `$`."""
+    if isinstance(value, dict):
+        return {k: _expand(v, join(path, k), env, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.add(path, f"environment variable {name} is not set (write ${{{name}:-default}} to give a default)")
+        return ""
+
+    return _VAR.sub(substitute, value)
+
+
+def parse_yaml(data: bytes | str) -> Any:
+    """The YAML document, or a ConfigError naming the line."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad = data[exc.start:exc.start + 1]
+            raise ConfigError([("", f"the file is not valid UTF-8 (byte {exc.start}: {bad!r})")]) from None
+    try:
+        docs = list(yaml.load_all(data, Loader=_Loader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([("", f"{where}{exc.problem or exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([("", f"not valid YAML: {exc}")]) from None
+    if len(docs) > 1:
+        raise ConfigError([("", "expected one YAML document, found several (remove the extra '---')")])
+    return docs[0] if docs else None
+
+
+def load(data: bytes | str, env: Mapping[str, str], *, app_is_child: bool = False) -> Config:
+    """Parse and validate a config; raise ConfigError listing every problem with its key path."""
+    tree = parse_yaml(data)
+    problems = Problems()
+    if tree is None:
+        tree = {}
+    tree = _expand(tree, "", env, problems)
+    problems.raise_if_any()
+    if not isinstance(tree, dict):
+        raise ConfigError([("", f"expected a mapping of keys (listen, checks, ...), got {describe(tree)}")])
+    values = parse_mapping(tree, TOP, "", problems, extra_ok=("checks",), partial=True)
+    assert values is not None
+    admin: AdminConfig = values["admin"] or AdminConfig()
+    if admin.token_file and admin.token_env:
+        problems.add("admin", "set token_file or token_env, not both")
+    if admin.token_env:
+        token = env.get(admin.token_env, "")
+        if not token:
+            problems.add("admin.token_env", f"environment variable {admin.token_env} is not set or empty")
+        problems.secrets.add(token)
+        admin = AdminConfig(token_env=admin.token_env, token=token)
+    app: AppConfig = values["app"] or AppConfig()
+    shutdown: ShutdownConfig = values["shutdown"] or ShutdownConfig()
+    specs = _parse_checks(tree.get("checks"), app, app_is_child, problems)
+    if values["shutdown"] is not None and shutdown.budget > shutdown.grace_period:
+        parts = f"drain {shutdown.drain_budget:g}s"
+        if shutdown.relay_signal:
+            parts += f" + stop_timeout {shutdown.stop_timeout:g}s"
+        problems.add("shutdown.grace_period",
+                     f"the shutdown budget ({parts} = {shutdown.budget:g}s) is longer than grace_period "
+                     f"{shutdown.grace_period:g}s: the kubelet would SIGKILL the pod mid-sequence")
+    problems.raise_if_any()
+    return Config(listen=values["listen"], log=values["log"] or LogConfig(), admin=admin, app=app,
+                  checks=tuple(specs), shutdown=shutdown, secrets=frozenset(s for s in problems.secrets if s))
+
+
+def _parse_checks(raw: Any, app: AppConfig, app_is_child: bool, problems: Problems) -> list[CheckSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        problems.add("checks", f"expected a mapping of check names to checks, got {describe(raw)}")
+        return []
+    specs = []
+    for name, body in raw.items():
+        path = join("checks", name)
+        if not CHECK_NAME.match(name):
+            problems.add(path, "a check name is 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit")
+            continue
+        spec = _parse_check(name, body, path, problems)
+        if spec is None:
+            continue
+        if spec.type == "process" and app.match is None and not app_is_child:
+            problems.add(path, "a process check needs app.match (pidfile, name or cmdline) to find the app")
+        specs.append(spec)
+    return specs
+
+
+def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSpec | None:
+    if not isinstance(body, dict):
+        problems.add(path, f"expected a mapping with at least 'type', got {describe(body)}")
+        return None
+    type_name = body.get("type")
+    if type_name is None:
+        problems.add(join(path, "type"), f"required key is missing (one of {', '.join(checks.type_names())})")
+        return None
+    if type_name not in checks.type_names():
+        close = difflib.get_close_matches(str(type_name), checks.type_names(), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known types: {', '.join(checks.type_names())}"
+        problems.add(join(path, "type"), f"unknown check type {describe(type_name)}{hint}")
+        return None
+    check_type = checks.load_type(type_name)
+    values = parse_mapping(body, (*COMMON, *check_type.fields), path, problems)
+    if values is None:
+        return None
+    params = check_type.params(**{f.name: values[f.name] for f in check_type.fields})
+    error = check_type.validate(params)
+    if error:
+        problems.add(path, error)
+        return None
+    probes = values["probes"]
+    if "liveness" in probes and not values["allow_in_liveness"] and check_type.is_dependency(params):
+        problems.add(join(path, "probes"),
+                     f"a {type_name} check of a dependency under liveness restarts the app whenever the dependency "
+                     "blips (a restart storm); keep it in readiness, or set allow_in_liveness: true")
+        return None
+    common = {f.name: values[f.name] for f in COMMON}
+    return CheckSpec(name=name, params=params, **common)
+
+
+def dump(config: Config) -> dict[str, Any]:
+    """The normalised config with every secret redacted, as check-config prints it."""
+    out = dump_fields(config, [f for f in TOP if f.name != "shutdown"])
+    out["checks"] = {}
+    for spec in config.checks:
+        check_type = checks.load_type(spec.type)
+        body = dump_fields(spec, COMMON)
+        body.update(dump_fields(spec.params, check_type.fields))
+        out["checks"][spec.name] = body
+    out["shutdown"] = SHUTDOWN.dump(config.shutdown)
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of what `load` accepts."""
+    variants = []
+    for type_name in checks.type_names():
+        check_type = checks.load_type(type_name)
+        schema = object_schema((*COMMON, *check_type.fields))
+        schema["properties"]["type"] = {"const": type_name}
+        schema["required"] = sorted(set(schema.get("required", [])) | {"type"})
+        variants.append(schema)
+    top = object_schema(TOP, extra={
+        "checks": {"type": ["object", "null"], "propertyNames": {"pattern": CHECK_NAME.pattern},
+                   "additionalProperties": {"oneOf": variants}},
+    })
+    top["required"] = []
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sidecar-agent config", **top}

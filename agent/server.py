@@ -1,0 +1,120 @@
+"""The HTTP listener: probe answers from the cache, /status, /metrics and heartbeats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from agent.health import Answer, Health
+from agent.logs import event
+from agent.metrics import Metrics
+
+log = logging.getLogger("agent.server")
+PROBE_PATHS = {"livez": "liveness", "readyz": "readiness", "startupz": "startup"}
+TEXT = "text/plain"
+
+
+class ProbeServer:
+    """An aiohttp AppRunner and TCPSite on one address; knows its bound port and closes cleanly."""
+
+    def __init__(self, health: Health, metrics: Metrics, *, status: Callable[[], dict[str, Any]],
+                 agent_live: Callable[[], list[str]], heartbeats: dict[str, float],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.health, self.metrics, self.status, self.agent_live = health, metrics, status, agent_live
+        self.heartbeats, self.clock = heartbeats, clock
+        self.heartbeat_checks = {s.name for s in health.specs if s.type == "heartbeat"}
+        self.app = web.Application(client_max_size=64 * 1024)
+        self._routes(self.app.router)
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        for path, probe in PROBE_PATHS.items():
+            router.add_get(f"/{path}", self._probe_handler(probe))
+            router.add_get(f"/{path}/{{name}}", self._one_handler(probe))
+        router.add_get("/agent/livez", self.agent_livez)
+        router.add_get("/agent/readyz", self.agent_readyz)
+        router.add_get("/status", self.get_status)
+        router.add_get("/metrics", self.get_metrics)
+        router.add_post("/heartbeat/{name}", self.post_heartbeat)
+
+    def _probe_handler(self, probe: str) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.Response:
+            # A cache read and nothing else: no I/O, no lock, on the probe path.
+            now = self.clock()
+            if not request.query_string:
+                answer = self.health.answer(probe, now)
+            else:
+                query = request.query
+                answer = self.health.evaluate(probe, now, verbose="verbose" in query, exclude=query.getall("exclude", []))
+            self.metrics.count_probe(probe, answer.status)
+            return _text(answer)
+        return handle
+
+    def _one_handler(self, probe: str) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.Response:
+            name = request.match_info["name"]
+            answer = self.health.evaluate_one(probe, name, self.clock())
+            if answer is None:
+                return web.Response(status=404, text=f"no {probe} check named {name[:80]!r}\n", content_type=TEXT)
+            self.metrics.count_probe(probe, answer.status)
+            return _text(answer)
+        return handle
+
+    async def agent_livez(self, request: web.Request) -> web.Response:
+        dead = self.agent_live()
+        if dead:
+            return web.Response(status=503, text=f"agent unhealthy: {'; '.join(dead)}\n", content_type=TEXT)
+        return web.Response(text="ok\n", content_type=TEXT)
+
+    async def agent_readyz(self, request: web.Request) -> web.Response:
+        if not self.health.first_round_done(self.clock()):
+            waiting = [n for n, s in self.health.states.items() if s.last is None]
+            return web.Response(status=503, text=f"first round of checks not done: {', '.join(waiting)}\n",
+                                content_type=TEXT)
+        return web.Response(text="ok\n", content_type=TEXT)
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(self.status(), indent=2) + "\n", content_type="application/json")
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.render(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def post_heartbeat(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.heartbeat_checks:
+            return web.Response(status=404, text=f"no heartbeat check named {name[:80]!r}\n", content_type=TEXT)
+        self.heartbeats[name] = self.clock()
+        return web.Response(text="ok\n", content_type=TEXT)
+
+    async def start(self, host: str, port: int) -> None:
+        """Bind and serve; `port` 0 picks a free one, readable afterwards from `self.port`."""
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True, backlog=1024)
+        try:
+            await site.start()
+        except BaseException:
+            await self.runner.cleanup()
+            raise
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        event(log, logging.INFO, f"serving probes on {host}:{self.port}", listen=f"{host}:{self.port}")
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+def _text(answer: Answer) -> web.Response:
+    return web.Response(status=answer.status, text=answer.body, content_type=TEXT)
+

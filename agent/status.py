@@ -1,0 +1,70 @@
+"""The `/status` document: everything the cache knows, for people and scripts; secrets never enter it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agent import __version__
+from agent.app import AppMonitor
+from agent.health import UNKNOWN_PASSES, CheckState, Health
+
+
+def iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
+def check_document(state: CheckState, now: float) -> dict[str, Any]:
+    passing, reason = state.verdict(now)
+    label = "stale" if reason.startswith("stale") else {True: "passing", False: "failing", None: "unknown"}[passing]
+    last = state.last
+    return {
+        "type": state.spec.type,
+        "probes": list(state.spec.probes),
+        "state": label,
+        "reason": reason,
+        "consecutive_successes": state.successes,
+        "consecutive_failures": state.failures,
+        "transitions": state.transitions,
+        "last_transition": iso(state.last_transition),
+        "last_result": None if last is None else {
+            "result": last.outcome.value,
+            "message": last.message,
+            "duration_seconds": round(last.duration, 6),
+            "time": iso(last.wall),
+            "age_seconds": round(now - last.at, 3),
+        },
+    }
+
+
+def app_document(app: AppMonitor | None) -> dict[str, Any] | None:
+    if app is None:
+        return None
+    sample = app.sample
+    out: dict[str, Any] = {"match": app.description, "found": sample is not None, "restarts": app.restarts}
+    if app.error:
+        out["error"] = app.error
+    if sample is not None:
+        out.update(pid=sample.pid, name=sample.name, status=sample.status, start_time=iso(sample.create_time),
+                   resident_memory_bytes=sample.rss, threads=sample.threads, open_fds=sample.fds,
+                   cpu_seconds=round(sample.cpu_seconds, 3))
+    return out
+
+
+def status_document(health: Health, app: AppMonitor | None, now: float, *, started_wall: float,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole `/status` answer at monotonic time `now`."""
+    return {
+        "version": __version__,
+        "phase": health.lifecycle.phase.value,
+        "started": iso(started_wall),
+        "uptime_seconds": round(now - health.started_at, 3),
+        "startup_passed": health.startup_done,
+        "admin_drained": health.admin_drained,
+        "probes": {p: health.answer(p, now).status == 200 for p in UNKNOWN_PASSES},
+        "checks": {name: check_document(state, now) for name, state in health.states.items()},
+        "app": app_document(app),
+        **(extra or {}),
+    }

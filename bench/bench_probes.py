@@ -1,0 +1,502 @@
+"""Benchmark of the probe server (issue 2): throughput, tail latency, memory and start time.
+
+Run as `.venv/bin/python bench/bench_probes.py` from the repository root; it needs `wrk` on PATH, takes about
+two minutes, and prints a markdown table (progress goes to stderr). What it measures, in one run:
+
+1. `/readyz` requests/s and p99 latency of the agent on its embedded default config (no checks) against a bare
+   aiohttp server (bench/bare_server.py), both under the same `wrk` load, rounds alternating, medians reported;
+2. the same load against an agent running 200 checks: 50 http checks against a helper that accepts and never
+   answers (they hang until their 1 s timeout, every 2 s) and 150 tcp checks against a listening helper
+   (every 1 or 2 s); the helpers run in a thread of this process;
+3. the RSS of each server process after its load;
+4. the time from Popen to the first `GET /livez` answered 200, several times.
+
+Every process it starts is stopped by its pid before it exits; all traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import selectors
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+HERE = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+MIB = 1024 * 1024
+SERVING_AGENT = re.compile(r"serving probes on (\S+):(\d+)")
+SERVING_BARE = re.compile(r"serving on (\S+):(\d+)")
+
+# Targets of issue 2.
+TARGET_RPS_RATIO = 0.8
+TARGET_P99_MS = 5.0
+TARGET_RSS_EXTRA_MIB = 10.0
+TARGET_START_S = 0.6
+
+HANGING, PASSING = 50, 150
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (the agent refuses `--listen HOST:0`, so it gets a concrete one)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# --- helpers the checks talk to --------------------------------------------------------------------------------
+
+class CheckTargets:
+    """Two loopback listeners in a thread: `hang_port` accepts and never answers, `open_port` accepts and closes."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.hang = self._listen()
+        self.open = self._listen()
+        self.hang_port: int = self.hang.getsockname()[1]
+        self.open_port: int = self.open.getsockname()[1]
+        self.held: set[socket.socket] = set()
+        self.accepted = {"hang": 0, "open": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="check-targets", daemon=True)
+
+    def _listen(self) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, 0))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.selector.register(sock, selectors.EVENT_READ)
+        return sock
+
+    def __enter__(self) -> CheckTargets:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sock in (*self.held, self.hang, self.open):
+            sock.close()
+        self.selector.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self.selector.select(timeout=0.1):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self.hang or sock is self.open:
+                    self._accept(sock)
+                else:
+                    self._drain(sock)
+
+    def _accept(self, listener: socket.socket) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while True:
+                conn, _ = listener.accept()
+                if listener is self.open:
+                    self.accepted["open"] += 1
+                    conn.close()
+                    continue
+                self.accepted["hang"] += 1
+                conn.setblocking(False)
+                self.held.add(conn)
+                self.selector.register(conn, selectors.EVENT_READ)
+
+    def _drain(self, conn: socket.socket) -> None:
+        """Read and drop what a hung client sends; close once it gives up (EOF or reset)."""
+        try:
+            data = conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.selector.unregister(conn)
+            self.held.discard(conn)
+            conn.close()
+
+
+def checks_config(targets: CheckTargets) -> str:
+    """200 checks in readiness: 50 hanging http checks (timeout 1s, every 2s), 150 passing tcp checks (every 1s or 2s)."""
+    lines = ["log: {level: info, format: json}", "checks:"]
+    for i in range(HANGING):
+        lines += [f"  hang-{i:03d}:", "    type: http", f"    url: http://{HOST}:{targets.hang_port}/never",
+                  "    timeout: 1s", "    interval: 2s"]
+    for i in range(PASSING):
+        lines += [f"  tcp-{i:03d}:", "    type: tcp", f"    address: {HOST}:{targets.open_port}",
+                  "    timeout: 1s", f"    interval: {1 + i % 2}s"]
+    return "\n".join(lines) + "\n"
+
+
+# --- child processes -------------------------------------------------------------------------------------------
+
+class Child:
+    """A server process started here, its log in a file, stopped by its pid (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, name: str, command: Sequence[str], serving: re.Pattern[str], folder: str) -> None:
+        self.name, self.command, self.serving = name, list(command), serving
+        self.log_path = os.path.join(folder, f"{name}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{path}"
+
+    def start(self, timeout: float = 20.0) -> Child:
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, cwd=HERE.parent)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = self.serving.search(self.text())
+            if match:
+                self.port = int(match.group(2))
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.text()}")
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start serving within {timeout}s:\n{self.text()}")
+
+    def text(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    def rss_mib(self) -> float:
+        return psutil.Process(self.pid).memory_info().rss / MIB
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        stop_process(self.proc)
+        self.proc = None
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def agent_command(port: int, config: str | None = None) -> list[str]:
+    command = [sys.executable, "-m", "agent", "run"]
+    if config is not None:
+        command += ["--config", config]
+    return [*command, "--listen", f"{HOST}:{port}"]
+
+
+def bare_command(port: int = 0) -> list[str]:
+    return [sys.executable, str(HERE / "bare_server.py"), "--listen", f"{HOST}:{port}"]
+
+
+def start_agent(name: str, folder: str, config: str | None = None) -> Child:
+    """An agent on a free port; a few tries, since the port picked may be taken before the agent binds it."""
+    for attempt in range(3):
+        child = Child(name, agent_command(free_port(), config), SERVING_AGENT, folder)
+        try:
+            return child.start()
+        except RuntimeError:
+            child.stop()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+# --- wrk -------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not match:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> Load:
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.MULTILINE)
+        if not match:
+            raise ValueError(f"wrk output lacks /{pattern}/:\n{output}")
+        return match
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    return Load(
+        rps=float(find(r"^Requests/sec:\s+([\d.]+)").group(1)),
+        p50_ms=_ms(find(r"^\s+50%\s+(\S+)").group(1)),
+        p99_ms=_ms(find(r"^\s+99%\s+(\S+)").group(1)),
+        max_ms=_ms(find(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)").group(1)),
+        requests=int(find(r"^\s+(\d+) requests in").group(1)),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+    )
+
+
+def wrk(url: str, seconds: float, connections: int) -> Load:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=True)
+    return parse_wrk(done.stdout)
+
+
+# --- start time ------------------------------------------------------------------------------------------------
+
+REQUEST = f"GET /livez HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
+
+
+def answered_200(port: int) -> bool:
+    """One quick try: connect (50 ms at most), ask /livez, True on a 200 status line."""
+    try:
+        with socket.create_connection((HOST, port), timeout=0.05) as sock:
+            sock.settimeout(1.0)
+            sock.sendall(REQUEST)
+            head = b""
+            while b"\r\n" not in head and len(head) < 64:
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                head += chunk
+            return head.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def time_to_first_probe(command_for: Callable[[int], list[str]], limit: float = 10.0) -> float:
+    """Seconds from Popen to the first /livez answered 200, polling every 5 ms; the process is stopped after."""
+    port = free_port()
+    start = time.perf_counter()
+    proc = subprocess.Popen(command_for(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=HERE.parent)
+    try:
+        while time.perf_counter() - start < limit:
+            if answered_200(port):
+                return time.perf_counter() - start
+            if proc.poll() is not None:
+                raise RuntimeError(f"{command_for(port)} exited with {proc.returncode} before answering")
+            time.sleep(0.005)
+        raise RuntimeError(f"no /livez answer within {limit}s from {command_for(port)}")
+    finally:
+        stop_process(proc)
+
+
+# --- the benchmark ---------------------------------------------------------------------------------------------
+
+def check_runs_total(child: Child) -> float:
+    """The sum of sidecar_check_runs_total over every check and result, from /metrics."""
+    _, body = http_get(child.url("/metrics"))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith("sidecar_check_runs_total{"))
+
+
+def check_states(child: Child) -> dict[str, int]:
+    _, body = http_get(child.url("/status"))
+    counts: dict[str, int] = {}
+    for check in json.loads(body)["checks"].values():
+        counts[check["state"]] = counts.get(check["state"], 0) + 1
+    return counts
+
+
+def wait_until(predicate: Callable[[], bool], limit: float, what: str) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {limit}s waiting for {what}")
+        time.sleep(0.25)
+
+
+@dataclass
+class Figures:
+    agent: list[Load]
+    bare: list[Load]
+    checks: list[Load]
+    rss_agent: float
+    rss_bare: float
+    rss_checks: float
+    checks_states_before: dict[str, int]
+    checks_states_after: dict[str, int]
+    check_runs_per_s: float
+    expected_runs_per_s: float
+    hang_accepted: int
+    start_agent: list[float]
+    start_bare: list[float]
+
+
+def median(loads: list[Load], attr: str) -> float:
+    return statistics.median(getattr(load, attr) for load in loads)
+
+
+def run(seconds: float, rounds: int, connections: int, starts: int) -> Figures:
+    with tempfile.TemporaryDirectory(prefix="bench-probes-") as folder, contextlib.ExitStack() as stack:
+        # 1. agent (default config) and bare aiohttp, rounds alternating; 3. their RSS after the load.
+        log("starting the agent (default config) and the bare aiohttp server")
+        agent = start_agent("agent-default", folder)
+        stack.callback(agent.stop)
+        bare = Child("bare", bare_command(), SERVING_BARE, folder).start()
+        stack.callback(bare.stop)
+        for child in (agent, bare):
+            assert http_get(child.url("/readyz"))[0] == 200, f"{child.name} /readyz is not 200"
+            wrk(child.url("/readyz"), 2, connections)  # warm-up, not counted
+        agent_loads, bare_loads = [], []
+        for index in range(rounds):
+            for child, loads in ((agent, agent_loads), (bare, bare_loads)) if index % 2 == 0 else \
+                    ((bare, bare_loads), (agent, agent_loads)):
+                load = wrk(child.url("/readyz"), seconds, connections)
+                log(f"round {index + 1} {child.name}: {load.rps:,.0f} req/s, p99 {load.p99_ms:.2f} ms")
+                loads.append(load)
+        rss_agent, rss_bare = agent.rss_mib(), bare.rss_mib()
+        agent.stop()
+        bare.stop()
+
+        # 2. the 200-check agent under the same load; 3. its RSS after.
+        targets = stack.enter_context(CheckTargets())
+        config = os.path.join(folder, "checks.yaml")
+        Path(config).write_text(checks_config(targets), encoding="utf-8")
+        log(f"starting the agent with {HANGING + PASSING} checks ({HANGING} hanging, {PASSING} passing)")
+        checked = start_agent("agent-200-checks", folder, config)
+        stack.callback(checked.stop)
+        # Settled: every passing check has passed and every hanging one has failed its 3 timeouts (about 5 s).
+        wait_until(lambda: check_states(checked) == {"passing": PASSING, "failing": HANGING}, 30,
+                   f"{PASSING} checks passing and {HANGING} failing")
+        before = check_states(checked)
+        wrk(checked.url("/readyz"), 2, connections)  # warm-up, not counted
+        runs_before, clock_before = check_runs_total(checked), time.monotonic()
+        check_loads = []
+        for index in range(rounds):
+            load = wrk(checked.url("/readyz"), seconds, connections)
+            log(f"round {index + 1} {checked.name}: {load.rps:,.0f} req/s, p99 {load.p99_ms:.2f} ms")
+            check_loads.append(load)
+        runs_per_s = (check_runs_total(checked) - runs_before) / (time.monotonic() - clock_before)
+        after = check_states(checked)
+        rss_checks = checked.rss_mib()
+        checked.stop()
+
+        # 4. start time to the first answered /livez, agent and bare alternating.
+        log(f"timing {starts} starts of each")
+        start_agent_s, start_bare_s = [], []
+        for _ in range(starts):
+            start_agent_s.append(time_to_first_probe(agent_command))
+            start_bare_s.append(time_to_first_probe(bare_command))
+        log("agent starts: " + ", ".join(f"{s:.3f}" for s in start_agent_s))
+
+    expected = PASSING / 2 * (1 / 1 + 1 / 2) + HANGING / 2
+    return Figures(agent_loads, bare_loads, check_loads, rss_agent, rss_bare, rss_checks, before, after,
+                   runs_per_s, expected, targets.accepted["hang"], start_agent_s, start_bare_s)
+
+
+def verdict(ok: bool) -> str:
+    return "**yes**" if ok else "**NO**"
+
+
+def table(f: Figures, seconds: float, connections: int) -> str:
+    a_rps, b_rps, c_rps = median(f.agent, "rps"), median(f.bare, "rps"), median(f.checks, "rps")
+    a_p99, b_p99, c_p99 = median(f.agent, "p99_ms"), median(f.bare, "p99_ms"), median(f.checks, "p99_ms")
+    ratio = a_rps / b_rps
+    extra = f.rss_agent - f.rss_bare
+    s_med, s_max = statistics.median(f.start_agent), max(f.start_agent)
+    codes = "503" if all(load.non_2xx == load.requests for load in f.checks) else \
+        f"{sum(load.non_2xx for load in f.checks)} of {sum(load.requests for load in f.checks)} non-2xx"
+    rows = [
+        ("`/readyz` req/s, agent, default config", f"{a_rps:,.0f}", "", ""),
+        ("`/readyz` req/s, bare aiohttp", f"{b_rps:,.0f}", "", ""),
+        ("req/s ratio agent / bare", f"{ratio:.2f}", f"≥ {TARGET_RPS_RATIO}", verdict(ratio >= TARGET_RPS_RATIO)),
+        ("`/readyz` p99, agent, default config", f"{a_p99:.2f} ms", "", ""),
+        ("`/readyz` p99, bare aiohttp", f"{b_p99:.2f} ms", "", ""),
+        (f"`/readyz` req/s, agent, {HANGING + PASSING} checks (answers {codes})", f"{c_rps:,.0f}", "", ""),
+        (f"`/readyz` p99, agent, {HANGING + PASSING} checks", f"{c_p99:.2f} ms", f"< {TARGET_P99_MS:g} ms",
+         verdict(c_p99 < TARGET_P99_MS)),
+        ("RSS after load, agent, default config", f"{f.rss_agent:.1f} MiB", "", ""),
+        ("RSS after load, bare aiohttp", f"{f.rss_bare:.1f} MiB", "", ""),
+        ("RSS agent minus bare", f"{extra:+.1f} MiB", f"≤ {TARGET_RSS_EXTRA_MIB:g} MiB", verdict(extra <= TARGET_RSS_EXTRA_MIB)),
+        (f"RSS after load, agent, {HANGING + PASSING} checks", f"{f.rss_checks:.1f} MiB", "", ""),
+        (f"Popen → first `/livez` 200, agent, median of {len(f.start_agent)}", f"{s_med:.3f} s",
+         f"≤ {TARGET_START_S:g} s", verdict(s_med <= TARGET_START_S)),
+        (f"Popen → first `/livez` 200, agent, worst of {len(f.start_agent)}", f"{s_max:.3f} s",
+         f"≤ {TARGET_START_S:g} s", verdict(s_max <= TARGET_START_S)),
+        (f"Popen → first `/livez` 200, bare aiohttp, median / worst of {len(f.start_bare)}",
+         f"{statistics.median(f.start_bare):.3f} / {max(f.start_bare):.3f} s", "", ""),
+    ]
+    out = ["| figure | value | target | met |", "| --- | ---: | --- | --- |"]
+    out += [f"| {name} | {value} | {target} | {met} |" for name, value, target, met in rows]
+    out += ["", f"Load: `wrk -t1 -c{connections} -d{seconds:g}s --latency`, {len(f.agent)} rounds each (agent and bare "
+            "alternating, each after a 2 s warm-up), medians shown. Per round:", "",
+            "| server | round | req/s | p50 | p99 | max | requests | non-2xx | socket errors |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, loads in (("agent, default", f.agent), ("bare aiohttp", f.bare), (f"agent, {HANGING + PASSING} checks", f.checks)):
+        out += [f"| {name} | {i + 1} | {x.rps:,.0f} | {x.p50_ms:.2f} ms | {x.p99_ms:.2f} ms | {x.max_ms:.2f} ms | "
+                f"{x.requests:,} | {x.non_2xx:,} | {x.socket_errors} |" for i, x in enumerate(loads)]
+    out += ["", f"{HANGING + PASSING}-check agent: check states before the load {f.checks_states_before}, after "
+            f"{f.checks_states_after}; check runs during the load {f.check_runs_per_s:.1f}/s "
+            f"(schedule: {f.expected_runs_per_s:.1f}/s); the hanging helper accepted {f.hang_accepted} connections.",
+            "", "Start times (s), agent: " + ", ".join(f"{s:.3f}" for s in f.start_agent),
+            "", "Start times (s), bare: " + ", ".join(f"{s:.3f}" for s in f.start_bare)]
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each wrk round (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk rounds per server (default 3)")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    parser.add_argument("--starts", type=int, default=10, help="start-time samples per server (default 10)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    figures = run(args.seconds, args.rounds, args.connections, args.starts)
+    print(f"Probe server benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}: {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, wrk load on {HOST}\n")
+    print(table(figures, args.seconds, args.connections))
+    log(f"done in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
