@@ -69,6 +69,51 @@ class AppMonitor:
     def description(self) -> str:
         return describe_match(self.match, self.child_pid)
 
+    @property
+    def ever_seen(self) -> bool:
+        return self._identity is not None
+
+    async def alive(self) -> bool:
+        """Look again: is the app running (found, and neither gone nor a zombie)?"""
+        sample = await self.refresh()
+        return sample is not None and sample.status != psutil.STATUS_ZOMBIE
+
+    def send(self, signum: int) -> int:
+        """Signal the app last seen, unless its pid now belongs to another process; returns the pid.
+
+        Raises ProcessLookupError when the app is gone, PermissionError when the agent may not signal it.
+        """
+        if self._identity is None:
+            raise ProcessLookupError("the app has not been found")
+        pid, created = self._identity
+        if not self._same_process(pid, created):
+            raise ProcessLookupError(f"pid {pid} has exited")
+        os.kill(pid, signum)
+        return pid
+
+    async def wait_exit(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the app last seen to exit; True when it did."""
+        if self._identity is None:
+            return True
+        pid, created = self._identity
+        deadline = self._clock() + timeout
+        while self._same_process(pid, created):
+            if self._clock() >= deadline:
+                return False
+            await asyncio.sleep(min(0.05, max(0.0, deadline - self._clock())))
+        return True
+
+    @staticmethod
+    def _same_process(pid: int, created: float) -> bool:
+        """Whether `pid` still is the process that started at `created` and has not exited (a zombie has)."""
+        try:
+            process = psutil.Process(pid)
+            return process.create_time() == created and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.AccessDenied:
+            return True
+
     async def refresh(self) -> AppSample | None:
         """Look the app up again (in a thread: psutil reads /proc) and return the new sample."""
         async with self._lock:

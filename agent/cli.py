@@ -1,4 +1,7 @@
-"""The command line: run, check-config, schema. Exit 0 clean, 1 internal error, 2 usage or config error."""
+"""The command line: run, exec, wait, check-config, schema.
+
+Exit 0 clean, 1 internal error, 2 usage or config error; exec passes the app's own code through.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import yaml
 
 from agent import __version__, logs
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
-from agent.units import parse_address
+from agent.units import parse_address, parse_duration
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 
@@ -31,23 +34,31 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the agent")
     run.add_argument("--config", help="config file (default: $SIDECAR_AGENT_CONFIG, else the embedded default)")
     run.add_argument("--listen", help="address to serve on, overriding the config (default: $SIDECAR_AGENT_LISTEN)")
+    exe = sub.add_parser("exec", help="run the agent with the app as its child: signals relayed, zombies reaped, "
+                         "the app's exit code passed through")
+    exe.add_argument("--config", help="config file (default: $SIDECAR_AGENT_CONFIG, else the embedded default)")
+    exe.add_argument("--listen", help="address to serve on, overriding the config (default: $SIDECAR_AGENT_LISTEN)")
+    exe.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]", help="the app to run")
+    wait = sub.add_parser("wait", help="block until the agent reports ready; exit 1 on timeout")
+    wait.add_argument("--url", default="http://127.0.0.1:8686/readyz", help="readiness URL (default: %(default)s)")
+    wait.add_argument("--timeout", default="60s", help="give up after this long (default: %(default)s)")
     check = sub.add_parser("check-config", help="validate a config and print it normalised, secrets redacted")
     check.add_argument("file")
     sub.add_parser("schema", help="print the config's JSON Schema")
     return parser
 
 
-def read_config(path: str | None, env: Mapping[str, str]) -> Config:
+def read_config(path: str | None, env: Mapping[str, str], *, app_is_child: bool = False) -> Config:
     """Load the config at `path`, or the embedded default when there is none."""
     if path is None:
-        return load(DEFAULT_CONFIG, env)
+        return load(DEFAULT_CONFIG, env, app_is_child=app_is_child)
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
         raise UsageError(f"sidecar-agent: cannot read config {path}: {exc.strerror or exc}") from None
     try:
-        return load(data, env)
+        return load(data, env, app_is_child=app_is_child)
     except ConfigError as exc:
         raise UsageError("\n".join(f"{path}: {p}: {m}" if p else f"{path}: {m}" for p, m in exc.problems)) from None
 
@@ -72,17 +83,48 @@ def _with_overrides(config: Config, listen: str | None, env: Mapping[str, str]) 
 
 
 def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from agent.daemon import serve  # the server stack loads only for commands that serve
+    return _serve(args, env, command=None)
 
-    config = read_config(args.config or env.get("SIDECAR_AGENT_CONFIG"), env)
+
+def cmd_exec(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    command = list(args.argv)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise UsageError("sidecar-agent: exec needs a command: sidecar-agent exec [--config FILE] -- CMD [ARG...]")
+    return _serve(args, env, command=command)
+
+
+def _serve(args: argparse.Namespace, env: Mapping[str, str], command: list[str] | None) -> int:
+    from agent.daemon import serve  # the server stack loads only for commands that serve
+    from agent.supervisor import SpawnError
+
+    config = read_config(args.config or env.get("SIDECAR_AGENT_CONFIG"), env, app_is_child=command is not None)
     config = _with_overrides(config, args.listen or env.get("SIDECAR_AGENT_LISTEN"), env)
     scrub = logs.setup(config.log.level, config.log.format, logs.Scrubber(config.secrets))
     try:
-        return asyncio.run(serve(config, scrub))
+        return asyncio.run(serve(config, scrub, command))
+    except SpawnError as exc:
+        logging.getLogger("agent").error("cannot start the app: %s", exc)
+        return exc.code
     except OSError as exc:
         host, port = config.listen
         logging.getLogger("agent").error("cannot listen on %s:%s: %s", host, port, exc.strerror or exc)
         return EXIT_INTERNAL
+
+
+def cmd_wait(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from agent.waiting import wait_ready
+
+    try:
+        timeout = parse_duration(args.timeout)
+    except ValueError:
+        raise UsageError(f"sidecar-agent: --timeout: expected a duration like 30s, got {args.timeout!r}") from None
+    if not args.url.startswith(("http://", "https://")):
+        raise UsageError(f"sidecar-agent: --url: expected an http:// URL, got {args.url!r}")
+    ready, report = wait_ready(args.url, timeout)
+    print(report, file=sys.stdout if ready else sys.stderr)
+    return EXIT_OK if ready else 1
 
 
 def cmd_check_config(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -97,7 +139,7 @@ def cmd_schema(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "schema": cmd_schema}
+COMMANDS = {"run": cmd_run, "exec": cmd_exec, "wait": cmd_wait, "check-config": cmd_check_config, "schema": cmd_schema}
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -72,6 +72,9 @@ class Metrics:
                                          ["check"], registry=r)
         self.probe_requests = Counter("sidecar_probe_requests", "Probe requests answered, by probe and status code.",
                                       ["probe", "code"], registry=r)
+        self.shutdowns = Counter("sidecar_shutdown_outcome", "How shutdown sequences ended: exited (after the stop "
+                                 "signal), killed (SIGKILL at stop_timeout), gone, denied (no permission to signal), "
+                                 "no_app, not_relayed.", ["outcome"], registry=r)
         for spec in health.specs:
             self.check_duration.labels(spec.name)
             self.check_transitions.labels(spec.name)
@@ -87,6 +90,9 @@ class Metrics:
         self.check_runs.labels(spec.name, result.outcome.value).inc()
         if flipped:
             self.check_transitions.labels(spec.name).inc()
+
+    def count_shutdown(self, outcome: str) -> None:
+        self.shutdowns.labels(outcome).inc()
 
     def count_probe(self, probe: str, code: int) -> None:
         child = self._probe_children.get((probe, code))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -19,13 +21,35 @@ PROBE_PATHS = {"livez": "liveness", "readyz": "readiness", "startupz": "startup"
 TEXT = "text/plain"
 
 
+class Controls(Protocol):
+    """What the admin endpoints may ask of the agent."""
+
+    shutdown: Any  # agent.shutdown.Shutdown
+
+    def trigger(self, reason: str) -> None: ...
+
+    def set_drained(self, drained: bool) -> None: ...
+
+
+def is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        address = ipaddress.ip_address(remote.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
 class ProbeServer:
     """An aiohttp AppRunner and TCPSite on one address; knows its bound port and closes cleanly."""
 
     def __init__(self, health: Health, metrics: Metrics, *, status: Callable[[], dict[str, Any]],
-                 agent_live: Callable[[], list[str]], heartbeats: dict[str, float],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 agent_live: Callable[[], list[str]], heartbeats: dict[str, float], controls: Controls,
+                 token: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.health, self.metrics, self.status, self.agent_live = health, metrics, status, agent_live
+        self.controls, self.token = controls, token
         self.heartbeats, self.clock = heartbeats, clock
         self.heartbeat_checks = {s.name for s in health.specs if s.type == "heartbeat"}
         self.app = web.Application(client_max_size=64 * 1024)
@@ -42,6 +66,10 @@ class ProbeServer:
         router.add_get("/status", self.get_status)
         router.add_get("/metrics", self.get_metrics)
         router.add_post("/heartbeat/{name}", self.post_heartbeat)
+        router.add_get("/prestop", self.prestop)
+        router.add_post("/quitquitquit", self.quitquitquit)
+        router.add_post("/admin/drain", self.drain)
+        router.add_post("/admin/undrain", self.undrain)
 
     def _probe_handler(self, probe: str) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.Response:
@@ -92,6 +120,57 @@ class ProbeServer:
             return web.Response(status=404, text=f"no heartbeat check named {name[:80]!r}\n", content_type=TEXT)
         self.heartbeats[name] = self.clock()
         return web.Response(text="ok\n", content_type=TEXT)
+
+    def refuse(self, request: web.Request) -> web.Response | None:
+        """None when the caller may use admin calls: from loopback, or with the configured bearer token."""
+        if is_loopback(request.remote):
+            return None
+        where = f"{request.method} {request.path} from {request.remote}"
+        if self.token is None:
+            event(log, logging.WARNING, f"refused {where}: admin calls come from loopback unless a token is set")
+            return web.Response(status=403, text="admin calls are accepted from loopback only; set admin.token_file "
+                                "or admin.token_env to allow them with a bearer token\n", content_type=TEXT)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            event(log, logging.WARNING, f"refused {where}: no bearer token")
+            return web.Response(status=401, text="admin calls need Authorization: Bearer <token>\n", content_type=TEXT,
+                                headers={"WWW-Authenticate": 'Bearer realm="sidecar-agent"'})
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            event(log, logging.WARNING, f"refused {where}: wrong bearer token")
+            return web.Response(status=403, text="wrong bearer token\n", content_type=TEXT)
+        return None
+
+    async def prestop(self, request: web.Request) -> web.Response:
+        """Start the sequence and hold the kubelet's preStop hook until the app is stopped (or the drain is over)."""
+        refused = self.refuse(request)
+        if refused is not None:
+            return refused
+        self.controls.trigger("GET /prestop")
+        shutdown = self.controls.shutdown
+        await (shutdown.stopped.wait() if shutdown.config.relay_signal else shutdown.drained.wait())
+        outcome = shutdown.report.outcome or "drained"
+        return web.Response(text=f"shutdown: {outcome}\n", content_type=TEXT)
+
+    async def quitquitquit(self, request: web.Request) -> web.Response:
+        refused = self.refuse(request)
+        if refused is not None:
+            return refused
+        self.controls.trigger("POST /quitquitquit")
+        return web.Response(text="shutting down\n", content_type=TEXT)
+
+    async def drain(self, request: web.Request) -> web.Response:
+        refused = self.refuse(request)
+        if refused is not None:
+            return refused
+        self.controls.set_drained(True)
+        return web.Response(text="drained: readiness fails until POST /admin/undrain\n", content_type=TEXT)
+
+    async def undrain(self, request: web.Request) -> web.Response:
+        refused = self.refuse(request)
+        if refused is not None:
+            return refused
+        self.controls.set_drained(False)
+        return web.Response(text="undrained\n", content_type=TEXT)
 
     async def start(self, host: str, port: int) -> None:
         """Bind and serve; `port` 0 picks a free one, readable afterwards from `self.port`."""

@@ -94,6 +94,19 @@ class AgentProcess:
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
+    def stop_fast(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then (once it was taken) SIGINT to skip the drain and stop waits; the exit code."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if any("received SIGTERM" in line for line in self.logs()):
+                    break
+                time.sleep(0.01)
+            if self.proc.poll() is None:
+                self.signal(signal.SIGINT)
+        return self.wait_exit(timeout)
+
     def wait_exit(self, timeout: float = 15.0) -> int:
         code = self.proc.wait(timeout)
         self.logs()
@@ -113,16 +126,21 @@ def http_request(url: str, *, method: str = "GET", headers: Mapping[str, str] | 
 
 @contextmanager
 def run_agent(config: str | None = None, *, args: Sequence[str] = ("run",), env: Mapping[str, str] | None = None,
-              extra_args: Sequence[str] = (), start_timeout: float = 20.0) -> Iterator[AgentProcess]:
-    """Start `python -m agent` with `config` (YAML text) on a free loopback port; stop it (SIGKILL if need be) after."""
+              extra_args: Sequence[str] = (), listen: str = "127.0.0.1:0", prefix: Sequence[str] = (),
+              start_timeout: float = 20.0) -> Iterator[AgentProcess]:
+    """Start `python -m agent` with `config` (YAML text) on a free port; stop it (SIGKILL if need be) after.
+
+    `extra_args` come last (for exec mode: `["--", CMD, ...]`); `prefix` runs the agent under another
+    command (such as setpriv).
+    """
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-m", "agent", *args]
+        command = [*prefix, sys.executable, "-m", "agent", *args]
         if config is not None:
             path = os.path.join(folder, "agent.yaml")
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(config)
             command += ["--config", path]
-        command += ["--listen", "127.0.0.1:0", *extra_args]
+        command += ["--listen", listen, *extra_args]
         child_env = {**os.environ, **(env or {})}
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env)
         agent = AgentProcess(proc, 0)
@@ -132,13 +150,11 @@ def run_agent(config: str | None = None, *, args: Sequence[str] = ("run",), env:
             agent.port = _wait_port(agent, start_timeout)
             yield agent
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            try:
+                agent.stop_fast()
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             reader.join(5)
             if proc.stdout is not None:
                 proc.stdout.close()

@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -60,7 +61,7 @@ def log(message: str) -> None:
 
 
 def free_port() -> int:
-    """A port that was free a moment ago (the agent refuses `--listen HOST:0`, so it gets a concrete one)."""
+    """A port that was free a moment ago: for the start-time runs, whose poller must know the port before any log."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
@@ -194,20 +195,30 @@ class Child:
         return psutil.Process(self.pid).memory_info().rss / MIB
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        stop_process(self.proc)
-        self.proc = None
+        stop_all([self])
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
+def stop_all(children: Sequence[Child]) -> None:
+    """SIGTERM each (at once: the agent drains for its default 5 s before it exits), wait, SIGKILL what is left."""
+    running = [c.proc for c in children if c.proc is not None and c.proc.poll() is None]
+    for proc in running:
         proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in running:
         try:
-            proc.wait(10)
+            proc.wait(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+    for child in children:
+        child.proc = None
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a throwaway process (a start-time sample) by its pid and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(5)
 
 
 def agent_command(port: int, config: str | None = None) -> list[str]:
@@ -222,16 +233,8 @@ def bare_command(port: int = 0) -> list[str]:
 
 
 def start_agent(name: str, folder: str, config: str | None = None) -> Child:
-    """An agent on a free port; a few tries, since the port picked may be taken before the agent binds it."""
-    for attempt in range(3):
-        child = Child(name, agent_command(free_port(), config), SERVING_AGENT, folder)
-        try:
-            return child.start()
-        except RuntimeError:
-            child.stop()
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    """An agent on `--listen 127.0.0.1:0`; its port is read from its "serving probes on HOST:PORT" log line."""
+    return Child(name, agent_command(0, config), SERVING_AGENT, folder).start()
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -291,6 +294,43 @@ def wrk(url: str, seconds: float, connections: int) -> Load:
     return parse_wrk(done.stdout)
 
 
+@dataclass(frozen=True)
+class Round:
+    """One wrk round against one server, with where the machine's CPU went meanwhile."""
+
+    load: Load
+    server_cpu_s: float  # CPU time the server process used
+    other_cpu_s: float  # CPU time of everything but the server, wrk and this process (other work on the machine)
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.server_cpu_s / max(self.load.requests, 1) * 1e6
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (not idle, not waiting for I/O) since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0) - \
+        getattr(times, "guest_nice", 0.0) - getattr(times, "steal", 0.0)
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and of its reaped children (wrk, once it has exited)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def measured(child: Child, path: str, seconds: float, connections: int) -> Round:
+    proc = psutil.Process(child.pid)
+    server_before, busy_before, own_before = sum(proc.cpu_times()[:2]), busy_cpu_s(), own_cpu_s()
+    load = wrk(child.url(path), seconds, connections)
+    server = sum(proc.cpu_times()[:2]) - server_before
+    other = busy_cpu_s() - busy_before - server - (own_cpu_s() - own_before)
+    log(f"{child.name}: {load.rps:,.0f} req/s, p99 {load.p99_ms:.2f} ms, {server / max(load.requests, 1) * 1e6:.1f} us "
+        f"CPU/request, other processes {max(other, 0.0):.1f} CPU s")
+    return Round(load, server, max(other, 0.0))
+
+
 # --- start time ------------------------------------------------------------------------------------------------
 
 REQUEST = f"GET /livez HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode()
@@ -327,7 +367,7 @@ def time_to_first_probe(command_for: Callable[[int], list[str]], limit: float = 
             time.sleep(0.005)
         raise RuntimeError(f"no /livez answer within {limit}s from {command_for(port)}")
     finally:
-        stop_process(proc)
+        kill(proc)
 
 
 # --- the benchmark ---------------------------------------------------------------------------------------------
@@ -339,6 +379,7 @@ def check_runs_total(child: Child) -> float:
 
 
 def check_states(child: Child) -> dict[str, int]:
+    """How many checks are in each /status state (passing, failing, unknown, stale)."""
     _, body = http_get(child.url("/status"))
     counts: dict[str, int] = {}
     for check in json.loads(body)["checks"].values():
@@ -354,83 +395,96 @@ def wait_until(predicate: Callable[[], bool], limit: float, what: str) -> None:
         time.sleep(0.25)
 
 
+def code_state() -> str:
+    """The commit measured, and whether agent/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=HERE.parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent"], capture_output=True, text=True,
+                               timeout=10, cwd=HERE.parent, check=True).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    return f"{head}" + (f" with {len(dirty)} uncommitted change(s) under agent/" if dirty else " (agent/ clean)")
+
+
 @dataclass
 class Figures:
-    agent: list[Load]
-    bare: list[Load]
-    checks: list[Load]
+    agent: list[Round]
+    bare: list[Round]
+    checks: list[Round]
     rss_agent: float
     rss_bare: float
     rss_checks: float
-    checks_states_before: dict[str, int]
-    checks_states_after: dict[str, int]
+    states_before: dict[str, int]
+    states_after: dict[str, int]
     check_runs_per_s: float
-    expected_runs_per_s: float
     hang_accepted: int
     start_agent: list[float]
     start_bare: list[float]
 
 
-def median(loads: list[Load], attr: str) -> float:
-    return statistics.median(getattr(load, attr) for load in loads)
+EXPECTED_RUNS_PER_S = PASSING / 2 * (1 / 1 + 1 / 2) + HANGING / 2  # the schedule of checks_config
 
 
-def run(seconds: float, rounds: int, connections: int, starts: int) -> Figures:
+def run(seconds: float, rounds: int, check_rounds: int, connections: int, starts: int) -> Figures:
     with tempfile.TemporaryDirectory(prefix="bench-probes-") as folder, contextlib.ExitStack() as stack:
-        # 1. agent (default config) and bare aiohttp, rounds alternating; 3. their RSS after the load.
+        # 1. The agent (default config) against bare aiohttp, rounds alternating; 3. their RSS after the same load.
         log("starting the agent (default config) and the bare aiohttp server")
-        agent = start_agent("agent-default", folder)
+        agent = Child("agent-default", agent_command(0), SERVING_AGENT, folder)
         stack.callback(agent.stop)
-        bare = Child("bare", bare_command(), SERVING_BARE, folder).start()
+        bare = Child("bare", bare_command(), SERVING_BARE, folder)
         stack.callback(bare.stop)
+        agent.start()
+        bare.start()
         for child in (agent, bare):
-            assert http_get(child.url("/readyz"))[0] == 200, f"{child.name} /readyz is not 200"
+            code = http_get(child.url("/readyz"))[0]
+            if code != 200:
+                raise RuntimeError(f"{child.name} answers /readyz with {code}, not 200")
             wrk(child.url("/readyz"), 2, connections)  # warm-up, not counted
-        agent_loads, bare_loads = [], []
+        agent_rounds: list[Round] = []
+        bare_rounds: list[Round] = []
         for index in range(rounds):
-            for child, loads in ((agent, agent_loads), (bare, bare_loads)) if index % 2 == 0 else \
-                    ((bare, bare_loads), (agent, agent_loads)):
-                load = wrk(child.url("/readyz"), seconds, connections)
-                log(f"round {index + 1} {child.name}: {load.rps:,.0f} req/s, p99 {load.p99_ms:.2f} ms")
-                loads.append(load)
+            pairs = [(agent, agent_rounds), (bare, bare_rounds)]
+            for child, results in pairs if index % 2 == 0 else pairs[::-1]:
+                results.append(measured(child, "/readyz", seconds, connections))
         rss_agent, rss_bare = agent.rss_mib(), bare.rss_mib()
-        agent.stop()
-        bare.stop()
+        stop_all([agent, bare])
 
-        # 2. the 200-check agent under the same load; 3. its RSS after.
+        # 2. The 200-check agent under the same load; 3. its RSS after.
         targets = stack.enter_context(CheckTargets())
         config = os.path.join(folder, "checks.yaml")
         Path(config).write_text(checks_config(targets), encoding="utf-8")
         log(f"starting the agent with {HANGING + PASSING} checks ({HANGING} hanging, {PASSING} passing)")
-        checked = start_agent("agent-200-checks", folder, config)
+        checked = Child("agent-200-checks", agent_command(0, config), SERVING_AGENT, folder)
         stack.callback(checked.stop)
-        # Settled: every passing check has passed and every hanging one has failed its 3 timeouts (about 5 s).
-        wait_until(lambda: check_states(checked) == {"passing": PASSING, "failing": HANGING}, 30,
-                   f"{PASSING} checks passing and {HANGING} failing")
-        before = check_states(checked)
+        checked.start()
+        # Settled: every passing check has passed, every hanging one has failed its 3 timeouts (about 5 s).
+        settled = {"passing": PASSING, "failing": HANGING}
+        wait_until(lambda: check_states(checked) == settled, 30, f"{PASSING} checks passing and {HANGING} failing")
+        states_before = check_states(checked)
         wrk(checked.url("/readyz"), 2, connections)  # warm-up, not counted
         runs_before, clock_before = check_runs_total(checked), time.monotonic()
-        check_loads = []
-        for index in range(rounds):
-            load = wrk(checked.url("/readyz"), seconds, connections)
-            log(f"round {index + 1} {checked.name}: {load.rps:,.0f} req/s, p99 {load.p99_ms:.2f} ms")
-            check_loads.append(load)
+        check_results = [measured(checked, "/readyz", seconds, connections) for _ in range(check_rounds)]
         runs_per_s = (check_runs_total(checked) - runs_before) / (time.monotonic() - clock_before)
-        after = check_states(checked)
+        states_after = check_states(checked)
         rss_checks = checked.rss_mib()
         checked.stop()
 
-        # 4. start time to the first answered /livez, agent and bare alternating.
+        # 4. Popen to the first answered /livez, agent and bare alternating.
         log(f"timing {starts} starts of each")
-        start_agent_s, start_bare_s = [], []
+        start_agent: list[float] = []
+        start_bare: list[float] = []
         for _ in range(starts):
-            start_agent_s.append(time_to_first_probe(agent_command))
-            start_bare_s.append(time_to_first_probe(bare_command))
-        log("agent starts: " + ", ".join(f"{s:.3f}" for s in start_agent_s))
+            start_agent.append(time_to_first_probe(agent_command))
+            start_bare.append(time_to_first_probe(bare_command))
+        log("agent starts: " + ", ".join(f"{s:.3f}" for s in start_agent))
 
-    expected = PASSING / 2 * (1 / 1 + 1 / 2) + HANGING / 2
-    return Figures(agent_loads, bare_loads, check_loads, rss_agent, rss_bare, rss_checks, before, after,
-                   runs_per_s, expected, targets.accepted["hang"], start_agent_s, start_bare_s)
+    return Figures(agent_rounds, bare_rounds, check_results, rss_agent, rss_bare, rss_checks, states_before,
+                   states_after, runs_per_s, targets.accepted["hang"], start_agent, start_bare)
+
+
+def med(rounds: list[Round], value: Callable[[Round], float]) -> float:
+    return statistics.median(value(r) for r in rounds)
 
 
 def verdict(ok: bool) -> str:
@@ -438,26 +492,30 @@ def verdict(ok: bool) -> str:
 
 
 def table(f: Figures, seconds: float, connections: int) -> str:
-    a_rps, b_rps, c_rps = median(f.agent, "rps"), median(f.bare, "rps"), median(f.checks, "rps")
-    a_p99, b_p99, c_p99 = median(f.agent, "p99_ms"), median(f.bare, "p99_ms"), median(f.checks, "p99_ms")
+    a_rps, b_rps, c_rps = (med(x, lambda r: r.load.rps) for x in (f.agent, f.bare, f.checks))
+    a_p99, b_p99, c_p99 = (med(x, lambda r: r.load.p99_ms) for x in (f.agent, f.bare, f.checks))
+    a_cpu, b_cpu, c_cpu = (med(x, lambda r: r.cpu_us_per_request) for x in (f.agent, f.bare, f.checks))
     ratio = a_rps / b_rps
     extra = f.rss_agent - f.rss_bare
     s_med, s_max = statistics.median(f.start_agent), max(f.start_agent)
-    codes = "503" if all(load.non_2xx == load.requests for load in f.checks) else \
-        f"{sum(load.non_2xx for load in f.checks)} of {sum(load.requests for load in f.checks)} non-2xx"
+    n = HANGING + PASSING
+    answers = sorted({"503" if r.load.non_2xx == r.load.requests else "200" if r.load.non_2xx == 0 else "mixed"
+                      for r in f.checks})
     rows = [
         ("`/readyz` req/s, agent, default config", f"{a_rps:,.0f}", "", ""),
         ("`/readyz` req/s, bare aiohttp", f"{b_rps:,.0f}", "", ""),
-        ("req/s ratio agent / bare", f"{ratio:.2f}", f"≥ {TARGET_RPS_RATIO}", verdict(ratio >= TARGET_RPS_RATIO)),
+        ("req/s ratio agent / bare (medians)", f"{ratio:.2f}", f"≥ {TARGET_RPS_RATIO}", verdict(ratio >= TARGET_RPS_RATIO)),
+        ("server CPU per request, agent / bare", f"{a_cpu:.1f} / {b_cpu:.1f} µs (ratio {b_cpu / a_cpu:.2f})", "", ""),
         ("`/readyz` p99, agent, default config", f"{a_p99:.2f} ms", "", ""),
         ("`/readyz` p99, bare aiohttp", f"{b_p99:.2f} ms", "", ""),
-        (f"`/readyz` req/s, agent, {HANGING + PASSING} checks (answers {codes})", f"{c_rps:,.0f}", "", ""),
-        (f"`/readyz` p99, agent, {HANGING + PASSING} checks", f"{c_p99:.2f} ms", f"< {TARGET_P99_MS:g} ms",
-         verdict(c_p99 < TARGET_P99_MS)),
+        (f"`/readyz` req/s, agent, {n} checks (answers {', '.join(answers)})", f"{c_rps:,.0f}", "", ""),
+        (f"`/readyz` p99, agent, {n} checks", f"{c_p99:.2f} ms", f"< {TARGET_P99_MS:g} ms", verdict(c_p99 < TARGET_P99_MS)),
+        (f"server CPU per request, agent, {n} checks", f"{c_cpu:.1f} µs", "", ""),
         ("RSS after load, agent, default config", f"{f.rss_agent:.1f} MiB", "", ""),
         ("RSS after load, bare aiohttp", f"{f.rss_bare:.1f} MiB", "", ""),
-        ("RSS agent minus bare", f"{extra:+.1f} MiB", f"≤ {TARGET_RSS_EXTRA_MIB:g} MiB", verdict(extra <= TARGET_RSS_EXTRA_MIB)),
-        (f"RSS after load, agent, {HANGING + PASSING} checks", f"{f.rss_checks:.1f} MiB", "", ""),
+        ("RSS agent minus bare", f"{extra:+.1f} MiB", f"≤ {TARGET_RSS_EXTRA_MIB:g} MiB",
+         verdict(extra <= TARGET_RSS_EXTRA_MIB)),
+        (f"RSS after load, agent, {n} checks", f"{f.rss_checks:.1f} MiB", "", ""),
         (f"Popen → first `/livez` 200, agent, median of {len(f.start_agent)}", f"{s_med:.3f} s",
          f"≤ {TARGET_START_S:g} s", verdict(s_med <= TARGET_START_S)),
         (f"Popen → first `/livez` 200, agent, worst of {len(f.start_agent)}", f"{s_max:.3f} s",
@@ -467,34 +525,44 @@ def table(f: Figures, seconds: float, connections: int) -> str:
     ]
     out = ["| figure | value | target | met |", "| --- | ---: | --- | --- |"]
     out += [f"| {name} | {value} | {target} | {met} |" for name, value, target, met in rows]
-    out += ["", f"Load: `wrk -t1 -c{connections} -d{seconds:g}s --latency`, {len(f.agent)} rounds each (agent and bare "
-            "alternating, each after a 2 s warm-up), medians shown. Per round:", "",
-            "| server | round | req/s | p50 | p99 | max | requests | non-2xx | socket errors |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, loads in (("agent, default", f.agent), ("bare aiohttp", f.bare), (f"agent, {HANGING + PASSING} checks", f.checks)):
-        out += [f"| {name} | {i + 1} | {x.rps:,.0f} | {x.p50_ms:.2f} ms | {x.p99_ms:.2f} ms | {x.max_ms:.2f} ms | "
-                f"{x.requests:,} | {x.non_2xx:,} | {x.socket_errors} |" for i, x in enumerate(loads)]
-    out += ["", f"{HANGING + PASSING}-check agent: check states before the load {f.checks_states_before}, after "
-            f"{f.checks_states_after}; check runs during the load {f.check_runs_per_s:.1f}/s "
-            f"(schedule: {f.expected_runs_per_s:.1f}/s); the hanging helper accepted {f.hang_accepted} connections.",
-            "", "Start times (s), agent: " + ", ".join(f"{s:.3f}" for s in f.start_agent),
-            "", "Start times (s), bare: " + ", ".join(f"{s:.3f}" for s in f.start_bare)]
+    out += ["", f"Load: `wrk -t1 -c{connections} -d{seconds:g}s --latency URL/readyz`, each server warmed up by a 2 s run "
+            "first; the agent and bare rounds alternate. Medians above; every round below (\"other CPU\" is CPU time "
+            "the rest of the machine used meanwhile, out of "
+            f"{2 * seconds:g} CPU-seconds on 2 cores: noise).", "",
+            "| server | round | req/s | p50 | p99 | max | requests | non-2xx | socket errors | CPU/request | other CPU |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, rounds in (("agent, default", f.agent), ("bare aiohttp", f.bare), (f"agent, {n} checks", f.checks)):
+        out += [f"| {name} | {i + 1} | {r.load.rps:,.0f} | {r.load.p50_ms:.2f} ms | {r.load.p99_ms:.2f} ms | "
+                f"{r.load.max_ms:.2f} ms | {r.load.requests:,} | {r.load.non_2xx:,} | {r.load.socket_errors} | "
+                f"{r.cpu_us_per_request:.1f} µs | {r.other_cpu_s:.1f} s |" for i, r in enumerate(rounds)]
+    out += ["", f"{n}-check agent: check states before the load {f.states_before}, after {f.states_after}; check runs "
+            f"during the load {f.check_runs_per_s:.1f}/s (schedule {EXPECTED_RUNS_PER_S:.1f}/s); the hanging helper "
+            f"accepted {f.hang_accepted} connections.",
+            "", "Start times (s), agent: " + ", ".join(f"{s:.3f}" for s in f.start_agent) + ".",
+            "", "Start times (s), bare: " + ", ".join(f"{s:.3f}" for s in f.start_bare) + "."]
     return "\n".join(out)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each wrk round (default 10)")
-    parser.add_argument("--rounds", type=int, default=3, help="wrk rounds per server (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="wrk rounds each for the agent and bare (default 5)")
+    parser.add_argument("--check-rounds", type=int, default=3, help="wrk rounds for the 200-check agent (default 3)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
-    parser.add_argument("--starts", type=int, default=10, help="start-time samples per server (default 10)")
+    parser.add_argument("--starts", type=int, default=10, help="start-time samples each (default 10)")
     args = parser.parse_args()
-    started = time.monotonic()
-    figures = run(args.seconds, args.rounds, args.connections, args.starts)
-    print(f"Probe server benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}: {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}, wrk load on {HOST}\n")
+    if shutil.which("wrk") is None:
+        print("bench_probes: wrk is not on PATH", file=sys.stderr)
+        return 2
+    began, idle_check = time.monotonic(), psutil.cpu_percent(interval=1.0)
+    if idle_check > 10:
+        log(f"warning: the machine is {idle_check:.0f}% busy before the benchmark starts; figures will be noisy")
+    figures = run(args.seconds, args.rounds, args.check_rounds, args.connections, args.starts)
+    print(f"Probe server benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}; code {code_state()}; "
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
+          f"wrk on {HOST}; machine {idle_check:.0f}% busy just before the run.\n")
     print(table(figures, args.seconds, args.connections))
-    log(f"done in {time.monotonic() - started:.0f} s")
+    log(f"done in {time.monotonic() - began:.0f} s")
     return 0
 
 

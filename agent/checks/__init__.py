@@ -57,8 +57,9 @@ def load_type(name: str) -> CheckType:
 
 @dataclass
 class CheckContext:
-    """What checks may use besides their own params: the app monitor, pushed heartbeats, the clock."""
+    """What checks may use besides their own params: the app monitor, pushed heartbeats, the clock, the reaper."""
 
     app: Any  # agent.app.AppMonitor | None
     heartbeats: dict[str, float]  # check name -> monotonic time of the last push
     clock: Callable[[], float]
+    reaper: Any  # agent.reaper.Reaper: every child process is started through it

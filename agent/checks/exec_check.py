@@ -1,4 +1,4 @@
-"""`exec`: a command exits 0; it is killed (with its process group) at the timeout."""
+"""`exec`: a command exits 0; at the timeout it is killed with its whole process group."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from agent.checks import CheckContext, CheckFailure, CheckType
 from agent.fields import Field, ListOf, Str, StrMap
+from agent.reaper import Reaper, exit_code, kill_quietly
 
 MAX_OUTPUT = 4096  # bytes of combined stdout/stderr kept, from the end
+REAP_BOUND = 5.0
 
 
 @dataclass(frozen=True)
@@ -22,57 +25,65 @@ class Params:
 
 
 class ExecCheck:
-    def __init__(self, params: Params) -> None:
-        self.params = params
+    def __init__(self, params: Params, reaper: Reaper) -> None:
+        self.params, self.reaper = params, reaper
         self.env = {**os.environ, **dict(params.env)} if params.env else None
 
     async def run(self) -> str:
         argv = self.params.command
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            # Popen, not asyncio's subprocess: the agent's Reaper owns waitpid for every child.
+            proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         except FileNotFoundError:
             raise CheckFailure(f"command not found: {argv[0]}") from None
         except PermissionError:
             raise CheckFailure(f"command not executable: {argv[0]}") from None
+        exited = self.reaper.watch(proc.pid)
+        assert proc.stdout is not None
         try:
-            output = await _read_capped(proc)
-            code = await proc.wait()
+            output = await _read_capped(proc.stdout)
+            status = await asyncio.shield(exited)  # shielded: a cancellation must not cancel the reaper's future
         except BaseException:
-            # Cancelled at the timeout (or shutdown): kill the whole group, then reap it.
-            _kill_group(proc.pid)
-            await proc.wait()
+            # Cancelled at the timeout (or at shutdown): kill the whole group, then make sure it is reaped.
+            kill_quietly(proc.pid, signal.SIGKILL, group=True)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(exited), REAP_BOUND)
             raise
+        finally:
+            if exited.done() and not exited.cancelled():
+                proc.returncode = exit_code(exited.result())  # so Popen never waits for it itself
+            proc.stdout.close()
+        code = exit_code(status)
         text = output.decode("utf-8", "replace").strip()
         tail = f": {text}" if text else ""
         if code == 0:
             return f"exit 0{tail}"
-        if code < 0:
-            raise CheckFailure(f"killed by {signal.Signals(-code).name}{tail}")
+        if code > 128 and os.WIFSIGNALED(status):
+            raise CheckFailure(f"killed by {signal.Signals(code - 128).name}{tail}")
         raise CheckFailure(f"exit {code}{tail}")
 
     async def close(self) -> None:
         return None
 
 
-async def _read_capped(proc: asyncio.subprocess.Process) -> bytes:
-    assert proc.stdout is not None
+async def _read_capped(pipe: IO[bytes]) -> bytes:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
     kept = bytearray()
-    while chunk := await proc.stdout.read(65536):
-        kept += chunk
-        if len(kept) > MAX_OUTPUT:
-            del kept[: len(kept) - MAX_OUTPUT]
+    try:
+        while chunk := await reader.read(65536):
+            kept += chunk
+            if len(kept) > MAX_OUTPUT:
+                del kept[: len(kept) - MAX_OUTPUT]
+    finally:
+        transport.close()
     return bytes(kept)
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def _create(spec: Any, ctx: CheckContext) -> ExecCheck:
-    return ExecCheck(spec.params)
+    return ExecCheck(spec.params, ctx.reaper)
 
 
 TYPE = CheckType(

@@ -33,15 +33,27 @@ def test_the_default_config_is_alive_and_ready_and_stops_on_sigterm_with_0() -> 
             assert agent.get(path) == (200, "ok\n"), path
         assert agent.get("/readyz", method="HEAD")[0] == 200
         agent.signal(signal.SIGTERM)
+        agent.wait_status("/readyz", 503, "[-]shutdown failed: agent is draining")
+        assert agent.get("/livez") == (200, "ok\n")
         assert agent.wait_exit() == 0
         messages = [r["message"] for r in agent.log_records()]
-        assert messages[-2:] == ["phase running -> stopped: agent stopping", "agent stopped"]
+        assert messages[-6:] == [
+            "received SIGTERM",
+            "phase running -> draining: SIGTERM: readiness fails from now on",
+            "shutdown started by SIGTERM: draining for 5s",
+            "drain over; no app is configured, so no signal to relay",
+            "phase draining -> stopped: the shutdown sequence is over",
+            "agent stopped",
+        ]
 
 
-def test_sigint_stops_the_agent_with_0() -> None:
-    with run_agent() as agent:
+def test_a_second_sigint_skips_the_drain_and_the_agent_exits_0() -> None:
+    with run_agent("shutdown: {drain_delay: 25s, grace_period: 60s}") as agent:
         agent.signal(signal.SIGINT)
-        assert agent.wait_exit() == 0
+        agent.wait_status("/readyz", 503)
+        agent.signal(signal.SIGINT)
+        assert agent.wait_exit(timeout=10) == 0
+        assert "skipping the remaining shutdown waits" in [r["message"] for r in agent.log_records()]
 
 
 def test_the_listen_address_comes_from_the_environment_when_no_flag_is_given() -> None:
@@ -49,9 +61,9 @@ def test_the_listen_address_comes_from_the_environment_when_no_flag_is_given() -
                             text=True, env={**os.environ, "SIDECAR_AGENT_LISTEN": "127.0.0.1:0"})
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    proc.send_signal(signal.SIGTERM)
+    proc.kill()
     proc.communicate(timeout=15)
-    assert "serving probes on 127.0.0.1:" in line and proc.returncode == 0
+    assert "serving probes on 127.0.0.1:" in line
 
 
 def test_the_config_file_comes_from_the_environment_when_no_flag_is_given(tmp_path: pytest.TempPathFactory) -> None:
@@ -62,7 +74,7 @@ def test_the_config_file_comes_from_the_environment_when_no_flag_is_given(tmp_pa
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "SIDECAR_AGENT_CONFIG": path})
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    proc.send_signal(signal.SIGTERM)
+    proc.kill()
     proc.communicate(timeout=15)
     assert not line.startswith("{") and "serving probes on" in line
 

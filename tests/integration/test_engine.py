@@ -11,6 +11,7 @@ from agent.engine import Engine
 from agent.health import Health, Outcome
 from agent.logs import Scrubber
 from agent.metrics import Metrics
+from agent.reaper import Reaper
 
 CONFIG = """
 checks:
@@ -58,7 +59,7 @@ def make_engine() -> tuple[Engine, Health]:
     specs = load(CONFIG, {}).checks
     health = Health(specs, time.monotonic)
     metrics = Metrics(health, lambda: None, time.monotonic)
-    engine = Engine(health, metrics, CheckContext(None, {}, time.monotonic), Scrubber(["hunter2"]))
+    engine = Engine(health, metrics, CheckContext(None, {}, time.monotonic, Reaper()), Scrubber(["hunter2"]))
     return engine, health
 
 

@@ -1,0 +1,40 @@
+"""`sidecar-agent wait`: poll the agent's readiness until it passes or time runs out (standard library only)."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+POLL = 0.25
+
+
+def fetch(url: str, timeout: float = 1.0) -> tuple[int | None, str]:
+    """(status, body) of a GET, or (None, why) when the agent did not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - the user's own agent URL
+            return response.status, response.read(10240).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(10240).decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return None, f"agent not reachable at {url}: {getattr(reason, 'strerror', None) or reason}"
+
+
+def wait_ready(url: str, timeout: float, *, clock: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], None] = time.sleep) -> tuple[bool, str]:
+    """(True, "ready") once `url` answers 200, or (False, what still fails) after `timeout` seconds."""
+    verbose = url + ("&" if "?" in url else "?") + "verbose"
+    deadline = clock() + timeout
+    while True:
+        status, body = fetch(verbose)
+        if status == 200:
+            return True, f"ready: {url}"
+        if clock() >= deadline:
+            break
+        sleep(min(POLL, max(0.0, deadline - clock())))
+    if status is None:
+        return False, f"not ready after {timeout:g}s: {body}"
+    failing = [line for line in body.splitlines() if line.startswith("[-]")] or body.splitlines()[:5]
+    return False, f"not ready after {timeout:g}s (HTTP {status}); still failing:\n" + "\n".join(failing)
