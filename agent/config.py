@@ -309,6 +309,10 @@ def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSp
         problems.add(join(path, "type"), f"unknown check type {describe(type_name)}{hint}")
         return None
     check_type = checks.load_type(type_name)
+    missing = checks.missing_requirement(check_type)
+    if missing:
+        problems.add(join(path, "type"), missing)
+        return None
     values = parse_mapping(body, (*COMMON, *check_type.fields), path, problems)
     if values is None:
         return None

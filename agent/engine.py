@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.checks import Check, CheckContext, CheckFailure, load_type
+from agent.checks import Check, CheckContext, CheckFailure, CheckTimeout, load_type
 from agent.config import CheckSpec
 from agent.health import Health, Outcome, Result
 from agent.logs import Scrubber, event
@@ -105,6 +105,8 @@ class Engine:
         exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
         if exc is None:
             return self._result(Outcome.SUCCESS, task.result(), start, wall)
+        if isinstance(exc, CheckTimeout):
+            return self._result(Outcome.TIMEOUT, str(exc), start, wall)
         if isinstance(exc, CheckFailure):
             return self._result(Outcome.FAILURE, str(exc), start, wall)
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):

@@ -109,23 +109,23 @@ class Shutdown:
         finally:
             self._enter(Phase.STOPPED, "the shutdown sequence is over")
             self.drained.set()
-            self.stopped.set()  # 4. release /prestop callers; the daemon flushes and exits
+            self.stopped.set()  # 5. release /prestop callers; the daemon flushes and exits
 
     async def _steps(self, reason: str, app_gone: bool) -> None:
         target, cfg = self.target, self.config
-        # 0. The app already gone (its exit was the trigger, or a native sidecar stopped after it): exit at once.
+        # 1. Fail readiness at once, before anything that waits; liveness keeps its normal answer.
+        self._enter(Phase.DRAINING, f"{reason}: readiness fails from now on")
+        # 2. The app already gone (its exit was the trigger, or a native sidecar stopped after it): exit at once.
         if app_gone or (target is not None and target.ever_seen and not await target.alive()):
             event(log, logging.INFO, f"shutdown ({reason}): the app has already exited, stopping at once",
                   trigger=reason)
             self._finish("gone")
             return
-        # 1. Fail readiness at once; liveness keeps its normal answer.
-        self._enter(Phase.DRAINING, f"{reason}: readiness fails from now on")
         event(log, logging.INFO, f"shutdown started by {reason}: draining for {format_duration(cfg.drain_delay)}"
               + (f" and until port {cfg.drain_connections.port} has no connections (at most "
                  f"{format_duration(cfg.drain_connections.timeout)})" if cfg.drain_connections else ""),
               trigger=reason)
-        # 2. Wait for the endpoints to forget the pod, and optionally for the app's connections to end.
+        # 3. Wait for the endpoints to forget the pod, and optionally for the app's connections to end.
         await self._drain()
         self.drained.set()
         if not cfg.relay_signal:
@@ -136,7 +136,7 @@ class Shutdown:
             event(log, logging.WARNING, f"drain over; {what}, so no signal to relay")
             self._finish("no_app")
             return
-        # 3. Relay the stop signal; SIGKILL when stop_timeout passes.
+        # 4. Relay the stop signal; SIGKILL when stop_timeout passes.
         self._enter(Phase.STOPPING, f"sending {cfg.stop_signal} to the app")
         await self._stop_app(target)
 

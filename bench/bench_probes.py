@@ -421,12 +421,13 @@ class Figures:
     hang_accepted: int
     start_agent: list[float]
     start_bare: list[float]
+    light: dict[str, Round]  # one round with a single connection: per-probe latency without queueing
 
 
 EXPECTED_RUNS_PER_S = PASSING / 2 * (1 / 1 + 1 / 2) + HANGING / 2  # the schedule of checks_config
 
 
-def run(seconds: float, rounds: int, check_rounds: int, connections: int, starts: int) -> Figures:
+def run(seconds: float, rounds: int, check_rounds: int, connections: int, starts: int, light_seconds: float) -> Figures:
     with tempfile.TemporaryDirectory(prefix="bench-probes-") as folder, contextlib.ExitStack() as stack:
         # 1. The agent (default config) against bare aiohttp, rounds alternating; 3. their RSS after the same load.
         log("starting the agent (default config) and the bare aiohttp server")
@@ -447,6 +448,7 @@ def run(seconds: float, rounds: int, check_rounds: int, connections: int, starts
             pairs = [(agent, agent_rounds), (bare, bare_rounds)]
             for child, results in pairs if index % 2 == 0 else pairs[::-1]:
                 results.append(measured(child, "/readyz", seconds, connections))
+        light = {"agent": measured(agent, "/readyz", light_seconds, 1), "bare": measured(bare, "/readyz", light_seconds, 1)}
         rss_agent, rss_bare = agent.rss_mib(), bare.rss_mib()
         stop_all([agent, bare])
 
@@ -467,6 +469,7 @@ def run(seconds: float, rounds: int, check_rounds: int, connections: int, starts
         check_results = [measured(checked, "/readyz", seconds, connections) for _ in range(check_rounds)]
         runs_per_s = (check_runs_total(checked) - runs_before) / (time.monotonic() - clock_before)
         states_after = check_states(checked)
+        light["checks"] = measured(checked, "/readyz", light_seconds, 1)
         rss_checks = checked.rss_mib()
         checked.stop()
 
@@ -480,7 +483,7 @@ def run(seconds: float, rounds: int, check_rounds: int, connections: int, starts
         log("agent starts: " + ", ".join(f"{s:.3f}" for s in start_agent))
 
     return Figures(agent_rounds, bare_rounds, check_results, rss_agent, rss_bare, rss_checks, states_before,
-                   states_after, runs_per_s, targets.accepted["hang"], start_agent, start_bare)
+                   states_after, runs_per_s, targets.accepted["hang"], start_agent, start_bare, light)
 
 
 def med(rounds: list[Round], value: Callable[[Round], float]) -> float:
@@ -511,6 +514,8 @@ def table(f: Figures, seconds: float, connections: int) -> str:
         (f"`/readyz` req/s, agent, {n} checks (answers {', '.join(answers)})", f"{c_rps:,.0f}", "", ""),
         (f"`/readyz` p99, agent, {n} checks", f"{c_p99:.2f} ms", f"< {TARGET_P99_MS:g} ms", verdict(c_p99 < TARGET_P99_MS)),
         (f"server CPU per request, agent, {n} checks", f"{c_cpu:.1f} µs", "", ""),
+        (f"`/readyz` p99 with 1 connection (no queueing): agent / bare / agent with {n} checks",
+         " / ".join(f"{f.light[k].load.p99_ms:.2f}" for k in ("agent", "bare", "checks")) + " ms", "", ""),
         ("RSS after load, agent, default config", f"{f.rss_agent:.1f} MiB", "", ""),
         ("RSS after load, bare aiohttp", f"{f.rss_bare:.1f} MiB", "", ""),
         ("RSS agent minus bare", f"{extra:+.1f} MiB", f"≤ {TARGET_RSS_EXTRA_MIB:g} MiB",
@@ -528,10 +533,12 @@ def table(f: Figures, seconds: float, connections: int) -> str:
     out += ["", f"Load: `wrk -t1 -c{connections} -d{seconds:g}s --latency URL/readyz`, each server warmed up by a 2 s run "
             "first; the agent and bare rounds alternate. Medians above; every round below (\"other CPU\" is CPU time "
             "the rest of the machine used meanwhile, out of "
-            f"{2 * seconds:g} CPU-seconds on 2 cores: noise).", "",
+            "2 CPU-seconds per second of load on 2 cores: noise).", "",
             "| server | round | req/s | p50 | p99 | max | requests | non-2xx | socket errors | CPU/request | other CPU |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, rounds in (("agent, default", f.agent), ("bare aiohttp", f.bare), (f"agent, {n} checks", f.checks)):
+    lights = [("agent, default", f.light["agent"]), ("bare aiohttp", f.light["bare"]), (f"agent, {n} checks", f.light["checks"])]
+    for name, rounds in (("agent, default", f.agent), ("bare aiohttp", f.bare), (f"agent, {n} checks", f.checks),
+                         *((f"{name}, 1 connection", [r]) for name, r in lights)):
         out += [f"| {name} | {i + 1} | {r.load.rps:,.0f} | {r.load.p50_ms:.2f} ms | {r.load.p99_ms:.2f} ms | "
                 f"{r.load.max_ms:.2f} ms | {r.load.requests:,} | {r.load.non_2xx:,} | {r.load.socket_errors} | "
                 f"{r.cpu_us_per_request:.1f} µs | {r.other_cpu_s:.1f} s |" for i, r in enumerate(rounds)]
@@ -550,6 +557,7 @@ def main() -> int:
     parser.add_argument("--check-rounds", type=int, default=3, help="wrk rounds for the 200-check agent (default 3)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     parser.add_argument("--starts", type=int, default=10, help="start-time samples each (default 10)")
+    parser.add_argument("--light-seconds", type=float, default=5.0, help="length of the one-connection round (default 5)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench_probes: wrk is not on PATH", file=sys.stderr)
@@ -557,7 +565,7 @@ def main() -> int:
     began, idle_check = time.monotonic(), psutil.cpu_percent(interval=1.0)
     if idle_check > 10:
         log(f"warning: the machine is {idle_check:.0f}% busy before the benchmark starts; figures will be noisy")
-    figures = run(args.seconds, args.rounds, args.check_rounds, args.connections, args.starts)
+    figures = run(args.seconds, args.rounds, args.check_rounds, args.connections, args.starts, args.light_seconds)
     print(f"Probe server benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}; code {code_state()}; "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
           f"wrk on {HOST}; machine {idle_check:.0f}% busy just before the run.\n")

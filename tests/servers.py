@@ -1,0 +1,155 @@
+"""Throwaway Redis and PostgreSQL servers on free loopback ports, for tests that kill, pause or restart them."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class RedisServer:
+    port: int
+    password: str | None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                   "--daemonize", "no", "--loglevel", "warning"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def cli(self, *args: str) -> str:
+        command = ["redis-cli", "-p", str(self.port), "--no-auth-warning"]
+        if self.password:
+            command += ["-a", self.password]
+        return subprocess.run([*command, *args], capture_output=True, text=True, timeout=10, check=True).stdout
+
+    def connections_received(self) -> int:
+        line = next(ln for ln in self.cli("info", "stats").splitlines() if ln.startswith("total_connections_received"))
+        return int(line.split(":")[1])
+
+
+@contextmanager
+def redis_server(password: str | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), password)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.resume() if server.proc and server.proc.poll() is None else None
+        server.kill()
+
+
+@dataclass
+class PostgresCluster:
+    """A cluster made with initdb in a temporary folder, run as the postgres user (initdb refuses root)."""
+
+    folder: str
+    port: int
+
+    @property
+    def data(self) -> str:
+        return os.path.join(self.folder, "data")
+
+    def _as_postgres(self, *command: str) -> subprocess.CompletedProcess[str]:
+        user = pwd.getpwnam("postgres")
+        return subprocess.run(list(command), capture_output=True, text=True, timeout=60, check=True,
+                              user=user.pw_uid, group=user.pw_gid, cwd=self.folder)
+
+    def init(self) -> None:
+        self._as_postgres(_pg("initdb"), "-D", self.data, "-U", "postgres", "--auth-local=trust",
+                          "--auth-host=scram-sha-256", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(_pg("pg_ctl"), "-D", self.data, "-o", options, "-l", os.path.join(self.folder, "log"),
+                          "-w", "start")
+
+    def stop_immediately(self) -> None:
+        self._as_postgres(_pg("pg_ctl"), "-D", self.data, "-m", "immediate", "-w", "stop")
+
+    def processes(self) -> list[psutil.Process]:
+        with open(os.path.join(self.data, "postmaster.pid")) as handle:
+            postmaster = psutil.Process(int(handle.readline()))
+        return [postmaster, *postmaster.children(recursive=True)]
+
+    def psql(self, sql: str) -> str:
+        return self._as_postgres("psql", "-h", self.folder, "-p", str(self.port), "-U", "postgres", "-tAc", sql).stdout
+
+
+def _pg(tool: str) -> str:
+    found = shutil.which(tool)
+    if found:
+        return found
+    versions = sorted(os.listdir("/usr/lib/postgresql"))
+    return f"/usr/lib/postgresql/{versions[-1]}/bin/{tool}"
+
+
+@contextmanager
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    folder = tempfile.mkdtemp(prefix="agent-pg-")
+    os.chmod(folder, 0o755)
+    shutil.chown(folder, "postgres", "postgres")
+    cluster = PostgresCluster(folder, free_port())
+    try:
+        cluster.init()
+        cluster.start()
+        cluster.psql("CREATE ROLE checker LOGIN PASSWORD 'right-pass'")
+        yield cluster
+    finally:
+        for process in _quiet_processes(cluster):
+            process.send_signal(signal.SIGCONT)
+        with suppress(subprocess.CalledProcessError):
+            cluster.stop_immediately()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _quiet_processes(cluster: PostgresCluster) -> list[psutil.Process]:
+    try:
+        return cluster.processes()
+    except (OSError, psutil.Error, ValueError):
+        return []
