@@ -99,11 +99,18 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], command: list[str] 
     from agent.daemon import serve  # the server stack loads only for commands that serve
     from agent.supervisor import SpawnError
 
-    config = read_config(args.config or env.get("SIDECAR_AGENT_CONFIG"), env, app_is_child=command is not None)
-    config = _with_overrides(config, args.listen or env.get("SIDECAR_AGENT_LISTEN"), env)
+    path = args.config or env.get("SIDECAR_AGENT_CONFIG")
+    listen = args.listen or env.get("SIDECAR_AGENT_LISTEN")
+
+    def reload() -> Config:
+        """Read the config again (SIGHUP, POST /admin/reload); raises UsageError with every problem."""
+        fresh = read_config(path, os.environ, app_is_child=command is not None)
+        return _with_overrides(fresh, listen, os.environ)
+
+    config = _with_overrides(read_config(path, env, app_is_child=command is not None), listen, env)
     scrub = logs.setup(config.log.level, config.log.format, logs.Scrubber(config.secrets))
     try:
-        return asyncio.run(serve(config, scrub, command))
+        return asyncio.run(serve(config, scrub, command, reload=reload))
     except SpawnError as exc:
         logging.getLogger("agent").error("cannot start the app: %s", exc)
         return exc.code

@@ -118,6 +118,12 @@ class CheckSpec:
 
 
 @dataclass(frozen=True)
+class AgentLimits:
+    max_loop_lag: float = 2.0
+    max_concurrent_exec: int = 8
+
+
+@dataclass(frozen=True)
 class Config:
     listen: tuple[str, int] = ("0.0.0.0", 8686)
     log: LogConfig = LogConfig()
@@ -125,6 +131,7 @@ class Config:
     app: AppConfig = AppConfig()
     checks: tuple[CheckSpec, ...] = ()
     shutdown: ShutdownConfig = ShutdownConfig()
+    agent: AgentLimits = AgentLimits()
     secrets: frozenset[str] = frozenset()
 
     def check(self, name: str) -> CheckSpec | None:
@@ -150,6 +157,10 @@ SHUTDOWN = Section([
     optional("drain_connections", DRAIN_CONNECTIONS),
     Field("grace_period", Duration(positive=True), 30.0, "the pod's terminationGracePeriodSeconds"),
 ], ShutdownConfig)
+AGENT = Section([
+    Field("max_loop_lag", Duration(positive=True), 2.0, "/agent/livez fails when the event loop lags more than this"),
+    Field("max_concurrent_exec", Number(integer=True, minimum=1, maximum=256), 8, "exec checks running at once"),
+], AgentLimits)
 COMMON = (
     Field("type", Enum(checks.type_names())),
     Field("probes", ListOf(Enum(PROBES), unique=True),
@@ -167,6 +178,7 @@ TOP = (
     Field("admin", ADMIN, AdminConfig()),
     Field("app", APP, AppConfig()),
     Field("shutdown", SHUTDOWN, ShutdownConfig()),
+    Field("agent", AGENT, AgentLimits()),
 )
 
 
@@ -271,7 +283,8 @@ def load(data: bytes | str, env: Mapping[str, str], *, app_is_child: bool = Fals
                      f"{shutdown.grace_period:g}s: the kubelet would SIGKILL the pod mid-sequence")
     problems.raise_if_any()
     return Config(listen=values["listen"], log=values["log"] or LogConfig(), admin=admin, app=app,
-                  checks=tuple(specs), shutdown=shutdown, secrets=frozenset(s for s in problems.secrets if s))
+                  checks=tuple(specs), shutdown=shutdown, agent=values["agent"] or AgentLimits(),
+                  secrets=frozenset(s for s in problems.secrets if s))
 
 
 def _parse_checks(raw: Any, app: AppConfig, app_is_child: bool, problems: Problems) -> list[CheckSpec]:
@@ -333,7 +346,7 @@ def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSp
 
 def dump(config: Config) -> dict[str, Any]:
     """The normalised config with every secret redacted, as check-config prints it."""
-    out = dump_fields(config, [f for f in TOP if f.name != "shutdown"])
+    out = dump_fields(config, [f for f in TOP if f.name not in ("shutdown", "agent")])
     out["checks"] = {}
     for spec in config.checks:
         check_type = checks.load_type(spec.type)
@@ -341,6 +354,7 @@ def dump(config: Config) -> dict[str, Any]:
         body.update(dump_fields(spec.params, check_type.fields))
         out["checks"][spec.name] = body
     out["shutdown"] = SHUTDOWN.dump(config.shutdown)
+    out["agent"] = AGENT.dump(config.agent)
     return out
 
 

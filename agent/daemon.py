@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import resource
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -23,8 +25,24 @@ from agent.server import ProbeServer
 from agent.shutdown import Shutdown
 from agent.status import iso, status_document
 from agent.supervisor import FORWARDED, ChildProcess
+from agent.watchdog import Watchdog
 
 log = logging.getLogger("agent")
+
+
+def raise_fd_limit() -> None:
+    """Use the hard limit on open files: many idle or slow clients must not starve the probes of sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
 APP_WATCH_INTERVAL = 1.0
 APP_WATCH_EXIT_INTERVAL = 0.25  # with exit_with_app, notice the app's exit quickly
 
@@ -33,8 +51,8 @@ class Agent:
     """One running agent: `start` serves and polls, `stop` ends everything it started, in order."""
 
     def __init__(self, config: Config, scrub: Scrubber, *, command: Sequence[str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.config, self.scrub, self.clock = config, scrub, clock
+                 reload: Callable[[], Config] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config, self.scrub, self.clock, self.reload_source = config, scrub, clock, reload
         self.started_wall = time.time()
         self.reaper = Reaper()
         self.child = ChildProcess(command, self.reaper) if command else None
@@ -43,8 +61,10 @@ class Agent:
         self.app = AppMonitor(config.app.match, clock=clock, on_restart=self._log_restart) if watch_app else None
         self.heartbeats: dict[str, float] = {}
         self.metrics = Metrics(self.health, lambda: self.app, clock)
-        self.engine = Engine(self.health, self.metrics, CheckContext(self.app, self.heartbeats, clock, self.reaper),
-                             scrub, clock)
+        self.exec_slots = asyncio.Semaphore(config.agent.max_concurrent_exec)
+        context = CheckContext(self.app, self.heartbeats, clock, self.reaper, self.exec_slots)
+        self.engine = Engine(self.health, self.metrics, context, scrub, clock)
+        self.watchdog = Watchdog(self.metrics.loop_lag, clock)
         self.engine.on_result(self._maybe_running)
         shutdown_config = config.shutdown
         if self.child is not None and not shutdown_config.relay_signal:
@@ -55,6 +75,8 @@ class Agent:
         self.server = ProbeServer(self.health, self.metrics, status=self.status, agent_live=self.agent_problems,
                                   heartbeats=self.heartbeats, controls=self, token=config.admin.token, clock=clock)
         self._watcher: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+        self._reload_lock = asyncio.Lock()
 
     # -- what the server and the signal handlers call ------------------------------------------------
 
@@ -63,14 +85,27 @@ class Agent:
         shutdown = None if report.trigger is None else {
             "trigger": report.trigger, "started": iso(report.started), "outcome": report.outcome,
             "error": report.error, "signalled_after_seconds": report.signalled_after}
-        extra: dict[str, object] = {"mode": "exec" if self.child else "run", "shutdown": shutdown}
+        extra: dict[str, object] = {"mode": "exec" if self.child else "run", "shutdown": shutdown,
+                                    "agent": self.own_state()}
         if self.child is not None:
             extra["app_exit_code"] = self.child.exit_code
         return status_document(self.health, self.app, self.clock(), started_wall=self.started_wall, extra=extra)
 
+    def own_state(self) -> dict[str, object]:
+        """The agent's own vital signs, for /status."""
+        return {"event_loop_lag_seconds": round(self.watchdog.lag, 6), "tasks": len(asyncio.all_tasks()),
+                "open_fds": open_fds(), "poller_restarts": sum(len(v) for v in self.engine.deaths.values()),
+                "config_reloads": int(self.metrics.reloads._value.get()),
+                "config_reload_failures": int(self.metrics.reload_failures._value.get()),
+                "reaped_orphans": self.reaper.reaped_orphans}
+
     def agent_problems(self) -> list[str]:
-        """Why the agent itself is unhealthy; empty while its loop answers and its pollers live."""
-        return [f"poller of check {name} has stopped" for name in self.engine.dead_pollers()]
+        """Why the agent itself is unhealthy: a lagging event loop, a dead or crash-looping poller."""
+        problems = [f"the poller of check {name} has stopped or keeps dying" for name in self.engine.dead_pollers()]
+        if self.watchdog.lag > self.config.agent.max_loop_lag:
+            problems.append(f"the event loop lags {self.watchdog.lag:.2f}s, over max_loop_lag "
+                            f"{self.config.agent.max_loop_lag:g}s")
+        return problems
 
     def trigger(self, reason: str) -> None:
         self.shutdown.trigger(reason)
@@ -80,6 +115,53 @@ class Agent:
             self.health.set_admin_drained(drained)
             event(log, logging.INFO, "readiness drained by hand" if drained else "readiness restored by hand",
                   admin_drained=drained)
+
+    def request_reload(self, source: str) -> asyncio.Task[tuple[bool, str]]:
+        """Start a reload in an owned task (SIGHUP's handler must not wait)."""
+        task = asyncio.create_task(self.reload(source), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+        return task
+
+    async def reload(self, source: str) -> tuple[bool, str]:
+        """Re-read the config: apply it whole, or refuse it whole and keep the old one. (ok, what happened)."""
+        async with self._reload_lock:
+            return await self._reload(source)
+
+    async def _reload(self, source: str) -> tuple[bool, str]:
+        if self.reload_source is None:
+            return False, "this agent runs on the embedded default config: there is no file to reload"
+        try:
+            new = await asyncio.to_thread(self.reload_source)
+        except Exception as exc:  # noqa: BLE001 - UsageError carries every problem; anything else is refused too
+            self.metrics.reload_failures.inc()
+            message = f"config reload ({source}) refused, the old config keeps running: {exc}"
+            event(log, logging.ERROR, message, reload="refused")
+            return False, str(exc)
+        old = self.config
+        self.scrub.add(*new.secrets)
+        notes = [f"{key} changed: restart the agent to apply it" for key, same in (
+            ("listen", new.listen == old.listen), ("app", new.app == old.app),
+            ("agent", new.agent == old.agent)) if not same]
+        if new.shutdown != old.shutdown:
+            if self.shutdown.running:
+                notes.append("shutdown changed, but the shutdown already runs: kept the old settings")
+            else:
+                self.shutdown.config = new.shutdown if self.child is None else dataclasses.replace(
+                    new.shutdown, relay_signal=True)
+        self.server.token = new.admin.token
+        self.server.heartbeat_checks = {s.name for s in new.checks if s.type == "heartbeat"}
+        logging.getLogger("agent").setLevel(new.log.level.upper())
+        self.config = dataclasses.replace(new, listen=old.listen, app=old.app, agent=old.agent)
+        added, removed, changed = await self.engine.apply(new.checks)
+        for name in removed:
+            self.heartbeats.pop(name, None)
+        self.metrics.reloads.inc()
+        summary = (f"config reloaded ({source}): {len(added)} checks added, {len(removed)} removed, "
+                   f"{len(changed)} changed, {len(new.checks) - len(added) - len(changed)} kept")
+        event(log, logging.INFO, summary + "".join(f"; {n}" for n in notes), reload="applied",
+              added=added, removed=removed, changed=changed)
+        return True, summary
 
     def on_signal(self, signum: int) -> None:
         """Signal handlers only record the request; the shutdown task does the work."""
@@ -98,6 +180,7 @@ class Agent:
         """1. reap children, 2. serve (probes answer from the first moment), 3. start the app (exec mode),
         4. start the pollers, 5. watch the app."""
         self.reaper.install()
+        self.watchdog.start()
         host, port = self.config.listen
         await self.server.start(host, port)
         if self.child is not None:
@@ -109,13 +192,16 @@ class Agent:
             event(log, logging.INFO, f"started the app: {self.child.description}", pid=pid)
             self.child.exited.add_done_callback(lambda _: self._app_exited())
         self.engine.start()
-        if self.app is not None and self.child is None:
+        if self.app is not None:
             self._watcher = asyncio.create_task(self._watch_app(), name="app-watcher")
 
     async def stop(self) -> None:
-        """1. finish the shutdown task, 2. stop the pollers, 3. stop watching, 4. close the listener,
-        5. make sure the child (exec mode) is gone and reaped."""
+        """1. finish the shutdown task and any reload, 2. stop the pollers, 3. stop watching the app,
+        4. close the listener, 5. stop the watchdog, 6. make sure the child (exec mode) is gone and reaped."""
         await self.shutdown.close()
+        for task in list(self._reloads):
+            task.cancel()
+        await asyncio.gather(*self._reloads, return_exceptions=True)
         if self.health.lifecycle.phase is not Phase.STOPPED:
             self.health.lifecycle.transition(Phase.STOPPED, "agent stopping")
         await self.engine.close()
@@ -123,6 +209,7 @@ class Agent:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
         await self.server.close()
+        await self.watchdog.close()
         if self.child is not None and self.child.exit_code is None and self.child.pid:
             kill_quietly(self.child.pid, signal.SIGKILL)
             await self.child.wait_exit(5.0)
@@ -148,14 +235,14 @@ class Agent:
             except Exception as exc:  # noqa: BLE001 - watching must not die
                 event(log, logging.WARNING, f"looking up the app failed: {type(exc).__name__}: {exc}")
                 alive = False
-            if not alive and not self.app.ever_seen and not warned:
+            if self.child is None and not alive and not self.app.ever_seen and not warned:
                 warned = True
                 event(log, logging.WARNING, f"the app ({self.app.description}) is not visible: without "
                       "shareProcessNamespace: true the agent cannot watch or signal it; shutdown will still drain")
             if alive and warned:
                 warned = False
                 event(log, logging.INFO, f"found the app: pid {self.app.sample.pid if self.app.sample else '?'}")
-            if not alive and self.app.ever_seen and self.config.app.exit_with_app:
+            if self.child is None and not alive and self.app.ever_seen and self.config.app.exit_with_app:
                 self.shutdown.trigger("the app exited", app_gone=True)
                 return
             await asyncio.sleep(interval)
@@ -180,13 +267,16 @@ class Agent:
               pid=sample.pid, restarts=self.app.restarts if self.app else 0)
 
 
-async def serve(config: Config, scrub: Scrubber, command: Sequence[str] | None = None) -> int:
+async def serve(config: Config, scrub: Scrubber, command: Sequence[str] | None = None,
+                reload: Callable[[], Config] | None = None) -> int:
     """Run the agent until its shutdown sequence ends; every task is cancelled and awaited before returning."""
-    agent = Agent(config, scrub, command=command)
+    raise_fd_limit()
+    agent = Agent(config, scrub, command=command, reload=reload)
     loop = asyncio.get_running_loop()
-    handled = [signal.SIGTERM, signal.SIGINT]
-    for signum in handled:
+    handled = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+    for signum in handled[:2]:
         loop.add_signal_handler(signum, agent.on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload, "SIGHUP")
     forwarded = list(FORWARDED) if agent.child is not None else []
     for signum in forwarded:
         assert agent.child is not None

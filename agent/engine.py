@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.checks import Check, CheckContext, CheckFailure, CheckTimeout, load_type
@@ -19,43 +19,76 @@ from agent.units import format_duration
 log = logging.getLogger("agent.engine")
 MAX_MESSAGE = 512
 CANCEL_GRACE = 1.0  # how long a timed-out run may take to clean up (kill its child) before it is left behind
-APP_SAMPLE_INTERVAL = 5.0
+RESTART_DELAY = 1.0  # before a poller that died is started again
+DEATH_WINDOW, DEATHS_UNHEALTHY = 60.0, 3  # so many poller deaths in the window make the agent unhealthy
 
 
 class Engine:
-    """Starts a poller per check, records results in Health, and on close cancels and awaits them all."""
+    """Owns one poller task per check: starts them, restarts one that dies, swaps them on reload, closes them."""
 
     def __init__(self, health: Health, metrics: Metrics, ctx: CheckContext, scrub: Scrubber,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.health, self.metrics, self.ctx, self.scrub, self.clock = health, metrics, ctx, scrub, clock
+        self.specs: dict[str, CheckSpec] = {s.name: s for s in health.specs}
         self.checks: dict[str, Check] = {s.name: load_type(s.type).create(s, ctx) for s in health.specs}
         self.pollers: dict[str, asyncio.Task[None]] = {}
         self.stuck: dict[str, asyncio.Task[str]] = {}  # runs that ignored cancellation, awaited at close
-        self._app_task: asyncio.Task[None] | None = None
+        self.deaths: dict[str, list[float]] = {}
+        self._restarts: set[asyncio.TimerHandle] = set()
         self._on_result: list[Callable[[], None]] = []
         self._closed = False
 
     def start(self) -> None:
-        """Start every poller (and the app sampler when an app is watched)."""
-        for spec in self.health.specs:
-            self.pollers[spec.name] = asyncio.create_task(self._poll(spec), name=f"check:{spec.name}")
-        if self.ctx.app is not None:
-            self._app_task = asyncio.create_task(self._sample_app(), name="app-sampler")
+        """Start every poller."""
+        for spec in self.specs.values():
+            self._spawn(spec)
         self._after_result()
 
     def on_result(self, callback: Callable[[], None]) -> None:
         self._on_result.append(callback)
 
     def dead_pollers(self) -> list[str]:
-        """Names of checks whose poller task has ended; empty while all are alive."""
-        return [name for name, task in self.pollers.items() if task.done()]
+        """Checks whose poller is not running, or died too often lately; empty while all is well."""
+        now = self.clock()
+        return [name for name in self.specs
+                if name not in self.pollers or self.pollers[name].done()
+                or sum(1 for t in self.deaths.get(name, ()) if now - t < DEATH_WINDOW) >= DEATHS_UNHEALTHY]
+
+    async def apply(self, specs: Sequence[CheckSpec]) -> tuple[list[str], list[str], list[str]]:
+        """Swap in a reloaded set of checks: unchanged ones keep their poller and state.
+
+        Returns the names (added, removed, changed). The cache is swapped before anything awaits,
+        so probes never see half of a reload.
+        """
+        new = {s.name: s for s in specs}
+        added = [n for n in new if n not in self.specs]
+        removed = [n for n in self.specs if n not in new]
+        changed = [n for n in new if n in self.specs and new[n] != self.specs[n]]
+        old_checks = {n: self.checks.pop(n) for n in (*removed, *changed)}
+        old_pollers = [self.pollers.pop(n) for n in (*removed, *changed) if n in self.pollers]
+        for task in old_pollers:
+            task.cancel()
+        for name in (*added, *changed):
+            self.checks[name] = load_type(new[name].type).create(new[name], self.ctx)
+        self.specs = new
+        self.health.apply(list(specs))
+        self.metrics.apply(list(specs), gone=removed)
+        for name in (*added, *changed):
+            self.deaths.pop(name, None)
+            self._spawn(new[name])
+        if old_pollers:
+            await asyncio.wait(old_pollers, timeout=CANCEL_GRACE * 2)
+        for check in old_checks.values():
+            await self._close_check(check)
+        self._after_result()
+        return added, removed, changed
 
     async def close(self) -> None:
         """Cancel every task this engine started, await them, and close the checks."""
         self._closed = True
+        for handle in self._restarts:
+            handle.cancel()
         tasks: list[asyncio.Task[Any]] = [*self.pollers.values(), *self.stuck.values()]
-        if self._app_task is not None:
-            tasks.append(self._app_task)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -63,10 +96,37 @@ class Engine:
             for task in pending:
                 event(log, logging.WARNING, f"task {task.get_name()} did not stop after cancellation; abandoning it")
         for check in self.checks.values():
-            try:
-                await asyncio.wait_for(check.close(), CANCEL_GRACE)
-            except Exception as exc:  # noqa: BLE001 - closing must go on for the others
-                event(log, logging.WARNING, f"closing a check failed: {type(exc).__name__}")
+            await self._close_check(check)
+
+    async def _close_check(self, check: Check) -> None:
+        try:
+            await asyncio.wait_for(check.close(), CANCEL_GRACE)
+        except Exception as exc:  # noqa: BLE001 - closing must go on for the others
+            event(log, logging.WARNING, f"closing a check failed: {type(exc).__name__}")
+
+    def _spawn(self, spec: CheckSpec) -> None:
+        task = asyncio.create_task(self._poll(spec), name=f"check:{spec.name}")
+        self.pollers[spec.name] = task
+        task.add_done_callback(lambda done: self._poller_ended(spec, done))
+
+    def _poller_ended(self, spec: CheckSpec, task: asyncio.Task[None]) -> None:
+        """A poller only ends by cancellation; anything else is a bug, so restart it (and count it)."""
+        if task.cancelled() or self._closed or self.pollers.get(spec.name) is not task:
+            return
+        exc = task.exception()
+        self.deaths.setdefault(spec.name, []).append(self.clock())
+        self.deaths[spec.name] = [t for t in self.deaths[spec.name] if self.clock() - t < DEATH_WINDOW]
+        self.metrics.poller_restarts.labels(spec.name).inc()
+        event(log, logging.ERROR, f"the poller of check {spec.name} died ({type(exc).__name__}: {exc}); "
+              f"restarting it in {format_duration(RESTART_DELAY)}", check=spec.name)
+
+        def restart() -> None:
+            self._restarts.discard(handle)
+            if not self._closed and self.specs.get(spec.name) is spec and self.pollers.get(spec.name) is task:
+                self._spawn(spec)
+
+        handle = asyncio.get_running_loop().call_later(RESTART_DELAY, restart)
+        self._restarts.add(handle)
 
     async def _poll(self, spec: CheckSpec) -> None:
         check = self.checks[spec.name]
@@ -145,15 +205,6 @@ class Engine:
     def _after_result(self) -> None:
         for callback in self._on_result:
             callback()
-
-    async def _sample_app(self) -> None:
-        app = self.ctx.app
-        while True:
-            try:
-                await app.refresh()
-            except Exception as exc:  # noqa: BLE001 - sampling for metrics must not die
-                log.debug("app sampling failed: %s", exc)
-            await asyncio.sleep(APP_SAMPLE_INTERVAL)
 
 
 def _consume(task: asyncio.Task[str]) -> None:

@@ -105,6 +105,7 @@ class Url(Kind):
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         if not isinstance(value, str) or not value:
             raise Invalid(f"expected a URL like {self.schemes[0]}://host/path, got {describe(value)}")
+        # From here on the value may hold a password: messages never repeat it.
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018 - raises on a bad port

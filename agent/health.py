@@ -135,6 +135,15 @@ class Health:
         self.invalidate()
         return flipped
 
+    def apply(self, specs: Sequence[CheckSpec]) -> None:
+        """Swap in a reloaded set of checks; an unchanged check keeps its state, a changed one starts afresh."""
+        now = self.clock()
+        self.specs = specs
+        self.states = {s.name: (self.states[s.name] if s.name in self.states and self.states[s.name].spec == s
+                                else CheckState(s, now)) for s in specs}
+        self.members = {p: [s.name for s in specs if p in s.probes] for p in UNKNOWN_PASSES}
+        self.invalidate()
+
     def _phase_changed(self, before: Phase, after: Phase, reason: str) -> None:
         self.invalidate()
         if self.on_phase is not None:

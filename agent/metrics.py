@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
@@ -75,11 +76,14 @@ class Metrics:
         self.shutdowns = Counter("sidecar_shutdown_outcome", "How shutdown sequences ended: exited (after the stop "
                                  "signal), killed (SIGKILL at stop_timeout), gone, denied (no permission to signal), "
                                  "no_app, not_relayed.", ["outcome"], registry=r)
-        for spec in health.specs:
-            self.check_duration.labels(spec.name)
-            self.check_transitions.labels(spec.name)
-            for outcome in Outcome:
-                self.check_runs.labels(spec.name, outcome.value)
+        self.poller_restarts = Counter("sidecar_poller_restarts", "Check pollers that died and were restarted.",
+                                       ["check"], registry=r)
+        self.loop_lag = Gauge("sidecar_event_loop_lag_seconds", "How late the agent's event loop woke up, "
+                              "the worst of the last few seconds.", registry=r)
+        self.reloads = Counter("sidecar_config_reloads", "Config reloads that were applied.", registry=r)
+        self.reload_failures = Counter("sidecar_config_reload_failures", "Config reloads refused (the old config "
+                                       "kept running).", registry=r)
+        self._init_children(health.specs)
         self._probe_children = {(p, code): self.probe_requests.labels(p, str(code))
                                 for p in UNKNOWN_PASSES for code in (200, 503)}
         r.register(StateCollector(health, app, clock))
@@ -90,6 +94,26 @@ class Metrics:
         self.check_runs.labels(spec.name, result.outcome.value).inc()
         if flipped:
             self.check_transitions.labels(spec.name).inc()
+
+    def _init_children(self, specs: Sequence[CheckSpec]) -> None:
+        """Create every labelled series up front, so that they read 0 rather than being absent."""
+        for spec in specs:
+            self.check_duration.labels(spec.name)
+            self.check_transitions.labels(spec.name)
+            self.poller_restarts.labels(spec.name)
+            for outcome in Outcome:
+                self.check_runs.labels(spec.name, outcome.value)
+
+    def apply(self, specs: Sequence[CheckSpec], gone: Sequence[str]) -> None:
+        """After a reload: drop the series of removed checks, create those of new ones."""
+        for name in gone:
+            for family in (self.check_duration, self.check_transitions, self.poller_restarts):
+                with contextlib.suppress(KeyError):
+                    family.remove(name)
+            for outcome in Outcome:
+                with contextlib.suppress(KeyError):
+                    self.check_runs.remove(name, outcome.value)
+        self._init_children(specs)
 
     def count_shutdown(self, outcome: str) -> None:
         self.shutdowns.labels(outcome).inc()

@@ -30,6 +30,8 @@ class Controls(Protocol):
 
     def set_drained(self, drained: bool) -> None: ...
 
+    async def reload(self, source: str) -> tuple[bool, str]: ...
+
 
 def is_loopback(remote: str | None) -> bool:
     if not remote:
@@ -70,6 +72,7 @@ class ProbeServer:
         router.add_post("/quitquitquit", self.quitquitquit)
         router.add_post("/admin/drain", self.drain)
         router.add_post("/admin/undrain", self.undrain)
+        router.add_post("/admin/reload", self.reload)
 
     def _probe_handler(self, probe: str) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.Response:
@@ -172,9 +175,18 @@ class ProbeServer:
         self.controls.set_drained(False)
         return web.Response(text="undrained\n", content_type=TEXT)
 
+    async def reload(self, request: web.Request) -> web.Response:
+        refused = self.refuse(request)
+        if refused is not None:
+            return refused
+        ok, message = await self.controls.reload("POST /admin/reload")
+        return web.Response(status=200 if ok else 422, text=message + "\n", content_type=TEXT)
+
     async def start(self, host: str, port: int) -> None:
         """Bind and serve; `port` 0 picks a free one, readable afterwards from `self.port`."""
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        # Idle keep-alive connections are closed after 15 s; request lines and headers are capped at 8 KiB.
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
+                                    keepalive_timeout=15.0, max_line_size=8190, max_field_size=8190)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True, backlog=1024)
         try:

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 from agent.reaper import Reaper, exit_code
 
-# Signals the agent handles itself: SIGTERM/SIGINT start the ordered shutdown, SIGCHLD is the reaper's.
-# Every other catchable signal is forwarded to the child, as tini does.
+# Signals the agent handles itself: SIGTERM/SIGINT start the ordered shutdown, SIGHUP reloads the agent's
+# config, SIGCHLD is the reaper's. Every other catchable signal is forwarded to the child, as tini does.
 FORWARDED = tuple(
-    s for s in (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGCONT,
+    s for s in (signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGCONT,
                 signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGURG, signal.SIGXCPU, signal.SIGXFSZ,
                 signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGPWR, signal.SIGSYS, signal.SIGTSTP)
 )

@@ -93,3 +93,4 @@ class CheckContext:
     heartbeats: dict[str, float]  # check name -> monotonic time of the last push
     clock: Callable[[], float]
     reaper: Any  # agent.reaper.Reaper: every child process is started through it
+    exec_slots: Any = None  # asyncio.Semaphore bounding the exec checks running at once

@@ -25,11 +25,18 @@ class Params:
 
 
 class ExecCheck:
-    def __init__(self, params: Params, reaper: Reaper) -> None:
-        self.params, self.reaper = params, reaper
+    def __init__(self, params: Params, reaper: Reaper, slots: asyncio.Semaphore | None) -> None:
+        self.params, self.reaper, self.slots = params, reaper, slots
         self.env = {**os.environ, **dict(params.env)} if params.env else None
 
     async def run(self) -> str:
+        if self.slots is None:
+            return await self._run()
+        # A cap on children at once: a burst of slow commands must not fork without bound.
+        async with self.slots:
+            return await self._run()
+
+    async def _run(self) -> str:
         argv = self.params.command
         try:
             # Popen, not asyncio's subprocess: the agent's Reaper owns waitpid for every child.
@@ -83,7 +90,7 @@ async def _read_capped(pipe: IO[bytes]) -> bytes:
 
 
 def _create(spec: Any, ctx: CheckContext) -> ExecCheck:
-    return ExecCheck(spec.params, ctx.reaper)
+    return ExecCheck(spec.params, ctx.reaper, ctx.exec_slots)
 
 
 TYPE = CheckType(

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.checks import CheckContext, CheckFailure, CheckTimeout, CheckType
-from agent.fields import REDACTED, Bool, Field, Invalid, Kind, Problems, Str, describe, redact_url
+from agent.fields import REDACTED, Bool, Field, Invalid, Kind, Problems, Str, redact_url
 from agent.units import format_duration, is_loopback_host
 
 _KV = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
@@ -24,7 +24,7 @@ def parse_keyword_dsn(text: str) -> dict[str, str]:
     while pos < len(text.rstrip()):
         match = _KV.match(text, pos)
         if not match or match.end() == pos:
-            raise ValueError(f"cannot read the DSN near {text[pos:pos + 20]!r}")
+            raise ValueError(f"cannot read the DSN after its first {pos} characters")
         key, value = match.group(1), match.group(2)
         if value.startswith("'"):
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
@@ -38,7 +38,7 @@ class Dsn(Kind):
 
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         if not isinstance(value, str) or not value.strip():
-            raise Invalid(f"expected a DSN like postgres://user@host:5432/db or 'host=db dbname=app', got {describe(value)}")
+            raise Invalid(f"expected a DSN like postgres://user@host:5432/db or 'host=db dbname=app', got {type(value).__name__}")
         if value.startswith(("postgres://", "postgresql://")):
             try:
                 parts = urlsplit(value)

@@ -37,6 +37,7 @@ def on_other(signum: int, frame: object) -> None:
 signal.signal(signal.SIGTERM, on_term if args.on_term != "default" else signal.SIG_DFL)
 signal.signal(signal.SIGUSR1, on_other)
 signal.signal(signal.SIGHUP, on_other)
+signal.signal(signal.SIGWINCH, on_other)
 record(f"started:{os.getpid()}")
 if args.orphan:
     # sh starts a sleep in the background and exits: the sleep is orphaned and re-parented to the reaper.

@@ -114,3 +114,67 @@ async def test_close_cancels_and_awaits_every_poller() -> None:
     assert all(task.done() for task in engine.pollers.values())
     current = asyncio.current_task()
     assert [t for t in asyncio.all_tasks() if t is not current] == []
+
+
+class BadMessage:
+    """A check whose result cannot even be turned into a message: the poller itself dies on it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def run(self) -> str:
+        self.calls += 1
+
+        class Unprintable:
+            def __str__(self) -> str:
+                raise RuntimeError("cannot print me")
+        return Unprintable()  # type: ignore[return-value]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_poller_that_dies_is_restarted_counted_and_reported() -> None:
+    engine, health = make_engine()
+    bad = BadMessage()
+    engine.checks.update(stuck=Steady(), steady=Steady(), broken=bad)
+    engine.start()
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if bad.calls >= 2:
+                break
+        assert bad.calls >= 2, "the poller was not restarted"
+        assert engine.metrics.poller_restarts.labels("broken")._value.get() >= 1
+        assert health.states["steady"].successes >= 3
+        for _ in range(200):
+            if bad.calls >= 3 and "broken" in engine.dead_pollers():
+                break
+            await asyncio.sleep(0.05)
+        assert engine.dead_pollers() == ["broken"]  # three deaths within a minute: the agent is unhealthy
+    finally:
+        await engine.close()
+    assert all(task.done() for task in engine.pollers.values())
+
+
+async def test_a_reload_keeps_unchanged_checks_and_replaces_changed_ones() -> None:
+    engine, health = make_engine()
+    engine.checks.update(stuck=Steady(), steady=Steady(), broken=Steady())
+    engine.start()
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if health.states["steady"].successes >= 3:
+                break
+        kept = health.states["steady"]
+        new_specs = load(CONFIG.replace("  broken:", "  renamed:").replace(
+            "stuck: {type: tcp, address: '127.0.0.1:1', interval: 100ms", "stuck: {type: tcp, address: '127.0.0.1:2', interval: 100ms"
+        ), {}).checks
+        steady_poller = engine.pollers["steady"]
+        added, removed, changed = await engine.apply(new_specs)
+        assert (added, removed, changed) == (["renamed"], ["broken"], ["stuck"])
+        assert health.states["steady"] is kept and engine.pollers["steady"] is steady_poller
+        assert "broken" not in health.states and health.states["stuck"].last is None
+        assert sorted(engine.pollers) == ["renamed", "steady", "stuck"]
+    finally:
+        await engine.close()

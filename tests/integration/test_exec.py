@@ -82,9 +82,19 @@ def test_other_signals_are_forwarded_to_the_child(tmp_path: pathlib.Path) -> Non
     with run_agent(FAST, args=("exec",), extra_args=["--", sys.executable, APP, "--log", str(log)]) as agent:
         agent.wait_for(lambda: events(log))
         agent.signal(signal.SIGUSR1)
-        agent.signal(signal.SIGHUP)
-        agent.wait_for(lambda: {"SIGUSR1", "SIGHUP"} <= {e for e, _ in events(log)})
+        agent.wait_for(lambda: "SIGUSR1" in {e for e, _ in events(log)})
+        agent.signal(signal.SIGWINCH)
+        agent.wait_for(lambda: "SIGWINCH" in {e for e, _ in events(log)})
         assert agent.status()["phase"] == "running"
+
+
+def test_sighup_reloads_the_agent_and_is_not_forwarded(tmp_path: pathlib.Path) -> None:
+    log = tmp_path / "app.log"
+    with run_agent(FAST, args=("exec",), extra_args=["--", sys.executable, APP, "--log", str(log)]) as agent:
+        agent.wait_for(lambda: events(log))
+        agent.signal(signal.SIGHUP)
+        agent.wait_for(lambda: any(r.get("reload") == "applied" for r in agent.log_records()))
+        assert "SIGHUP" not in {e for e, _ in events(log)}
 
 
 def test_an_orphaned_grandchild_is_reaped(tmp_path: pathlib.Path) -> None:
