@@ -1,4 +1,4 @@
-"""The command line: run, exec, wait, check-config, schema.
+"""The command line: run, exec, wait, check-config, schema, lint.
 
 Exit 0 clean, 1 internal error, 2 usage or config error; exec passes the app's own code through.
 """
@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config and print it normalised, secrets redacted")
     check.add_argument("file")
     sub.add_parser("schema", help="print the config's JSON Schema")
+    lint = sub.add_parser("lint", help="report the probe and shutdown mistakes in workload manifests; exit 1 on an error")
+    lint.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="Kubernetes YAML files, or directories of them")
+    lint.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: %(default)s)")
+    lint.add_argument("--agent-config", metavar="FILE", help="the agent's config (default: the ConfigMap the pod mounts)")
     return parser
 
 
@@ -146,7 +150,20 @@ def cmd_schema(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "exec": cmd_exec, "wait": cmd_wait, "check-config": cmd_check_config, "schema": cmd_schema}
+def cmd_lint(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from agent.lint import InputError, lint_paths
+    from agent.lint.render import as_json, text
+
+    try:
+        result = lint_paths(args.paths, args.agent_config)
+    except InputError as exc:
+        raise UsageError(f"sidecar-agent lint: {exc}") from None
+    sys.stdout.write(as_json(result) if args.format == "json" else text(result))
+    return 1 if result.failed else EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "exec": cmd_exec, "wait": cmd_wait, "check-config": cmd_check_config, "schema": cmd_schema,
+            "lint": cmd_lint}
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

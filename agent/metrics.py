@@ -14,6 +14,7 @@ from agent.config import CheckSpec
 from agent.health import UNKNOWN_PASSES, Health, Outcome, Result
 from agent.phases import Phase
 
+SHUTDOWN_OUTCOMES = ("exited", "killed", "gone", "denied", "no_app", "not_relayed")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -83,6 +84,8 @@ class Metrics:
         self.reloads = Counter("sidecar_config_reloads", "Config reloads that were applied.", registry=r)
         self.reload_failures = Counter("sidecar_config_reload_failures", "Config reloads refused (the old config "
                                        "kept running).", registry=r)
+        for outcome in SHUTDOWN_OUTCOMES:
+            self.shutdowns.labels(outcome)
         self._init_children(health.specs)
         self._probe_children = {(p, code): self.probe_requests.labels(p, str(code))
                                 for p in UNKNOWN_PASSES for code in (200, 503)}

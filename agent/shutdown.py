@@ -26,8 +26,9 @@ from agent.units import format_duration
 log = logging.getLogger("agent.shutdown")
 KILL_REAP_BOUND = 5.0
 POLL = 0.1
-PERMISSION_HINT = ("run the agent as the app's user (securityContext.runAsUser) or add the KILL capability "
-                   "(securityContext.capabilities.add: [KILL]), with shareProcessNamespace: true")
+PERMISSION_HINT = ("run the agent as the app's user (securityContext.runAsUser), or as root with only the KILL "
+                   "capability (capabilities: {drop: [ALL], add: [KILL]}; a non-root container gets no capabilities "
+                   "from its spec), with shareProcessNamespace: true")
 
 
 class AppTarget(Protocol):
@@ -171,7 +172,10 @@ class Shutdown:
             self._finish("gone")
             return
         except PermissionError:
+            # Nothing the agent does can stop the app now: end the sequence, so that /prestop returns
+            # and the kubelet's own SIGTERM reaches the app with the grace period left.
             self._denied(cfg.stop_signal, target)
+            return
         else:
             event(log, logging.INFO, f"sent {cfg.stop_signal} to the app (pid {pid}); waiting up to "
                   f"{format_duration(cfg.stop_timeout)} for it to exit", pid=pid, signal=cfg.stop_signal)

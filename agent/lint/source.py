@@ -69,15 +69,18 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 def parse_text(data: bytes | str, file: str) -> list[Document]:
     """Every non-empty YAML document of one file, or an InputError naming the line."""
     if isinstance(data, bytes):
+        raw = data
         try:
-            data = data.decode("utf-8-sig")
+            data = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            raise InputError(file, data[:exc.start].count(b"\n") + 1, "not UTF-8 text (is this a YAML file?)") from None
+            raise InputError(file, raw[:exc.start].count(b"\n") + 1, "not UTF-8 text (is this a YAML file?)") from None
     docs: list[Document] = []
     loader = _Loader(data)
     try:
         while loader.check_node():
             node = loader.get_node()
+            if node is None:
+                continue
             body = loader.construct_document(node)
             if body is not None:
                 docs.append(Document(file, node.start_mark.line + 1, body))

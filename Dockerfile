@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+#
+# sidecar-agent image: docker build -t sidecar-agent:0.1.0 .
+#   --build-arg EXTRAS=all        (default) every optional check client: redis, postgres, grpc
+#   --build-arg EXTRAS=redis,grpc only those; EXTRAS= (empty) none: process, http, tcp, exec,
+#                                 file, heartbeat and dns checks need no extra library
+# Multi-stage: the wheel is built and installed into a virtualenv in the build stage; the final
+# stage copies that virtualenv (made without pip: the base's pip installs into it) onto the same
+# slim base, so no build tool, compiler, pip or pip cache reaches the image that runs.
+
+ARG PYTHON_VERSION=3.12
+
+FROM python:${PYTHON_VERSION}-slim AS build
+ARG EXTRAS=all
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+WORKDIR /src
+# Only what the wheel is built from (.dockerignore keeps the rest of the checkout out of the context).
+COPY pyproject.toml README.md ./
+COPY agent ./agent
+# --only-binary: every dependency must come as a prebuilt wheel, so nothing is ever compiled here
+# either (a missing wheel fails the build loudly instead of pulling in a compiler).
+# ${EXTRAS:+[...]}: "wheel[redis,grpc]", or the bare wheel when EXTRAS is empty (pip refuses "wheel[]").
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && python -m venv --without-pip /opt/sidecar-agent \
+    && pip --python /opt/sidecar-agent/bin/python install --only-binary=:all: "$(echo /wheels/sidecar_agent-*.whl)${EXTRAS:+[${EXTRAS}]}" \
+    && /opt/sidecar-agent/bin/sidecar-agent --version
+
+FROM python:${PYTHON_VERSION}-slim
+LABEL org.opencontainers.image.title="sidecar-agent" \
+      org.opencontainers.image.description="A health-and-shutdown sidecar for Kubernetes pods: cached probes, metrics, ordered graceful shutdown." \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=build /opt/sidecar-agent /opt/sidecar-agent
+# PYTHONDONTWRITEBYTECODE: the root filesystem is read-only in the pod (the wheel's modules were
+# compiled at install time). PYTHONUNBUFFERED: log lines reach the kubelet as they are written.
+ENV PATH=/opt/sidecar-agent/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# A numeric non-root user (the distroless "nonroot" id), so runAsNonRoot can verify it without
+# an /etc/passwd entry. Run the app under the same uid so the agent may signal it (see README).
+USER 65532:65532
+EXPOSE 8686
+ENTRYPOINT ["sidecar-agent"]
+CMD ["run"]

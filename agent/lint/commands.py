@@ -1,0 +1,142 @@
+"""Reading command lines: shell scripts split into simple commands, interpreters, and the hosts a command reaches."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh"})
+WRAPPERS = frozenset({"env", "exec", "nice", "nohup", "command", "timeout", "time"})
+PYTHON = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|sidecar-agent)$")
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0", "ip6-localhost"})
+URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?:[^@/\s]*@)?(?P<host>\[[^\]]*\]|[^:/\s?#]+)(?::(?P<port>\d+))?"
+                 r"(?P<path>/[^\s?#]*)?", re.IGNORECASE)
+# Clients that talk to a server, and the option naming its host (absent: they use a local default).
+CLIENT_HOST_FLAGS = {
+    "pg_isready": ("-h", "--host"), "psql": ("-h", "--host"), "redis-cli": ("-h",), "mysqladmin": ("-h", "--host"),
+    "mysql": ("-h", "--host"), "mongo": ("--host",), "mongosh": ("--host",), "grpc_health_probe": ("-addr", "--addr"),
+    "grpcurl": (), "cqlsh": (), "nc": (), "ncat": (), "netcat": (),
+}
+CLIENT_PORT_FLAGS = ("-p", "--port")
+DNS_TOOLS = frozenset({"nslookup", "dig", "host"})
+
+
+def split_script(script: str) -> list[list[str]]:
+    """A shell script as its simple commands (split at ;, &&, ||, | and newlines); unparsable text yields words."""
+    try:
+        lexer = shlex.shlex(script, posix=True, punctuation_chars=";&|()")
+        lexer.whitespace_split = True
+        lexer.commenters = "#"
+        words = list(lexer)
+    except ValueError:
+        words = script.split()
+    commands: list[list[str]] = [[]]
+    for word in words:
+        if word and set(word) <= set(";&|()"):
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return [c for c in commands if c]
+
+
+def simple_commands(argv: Sequence[str]) -> list[list[str]]:
+    """The simple commands an argv runs: `sh -c SCRIPT` is read as the script it runs."""
+    words = list(argv)
+    if words and posixpath.basename(words[0]) in SHELLS:
+        for i, word in enumerate(words[1:], 1):
+            if word.startswith("-") and "c" in word[1:] and i + 1 < len(words):
+                return split_script(words[i + 1])
+    return [words] if words else []
+
+
+def program(command: Sequence[str]) -> tuple[str, list[str]]:
+    """The program a simple command starts (past `env X=1`, `exec`, `timeout 5`...) and its arguments."""
+    words = list(command)
+    while words:
+        head = posixpath.basename(words[0])
+        if "=" in words[0] and not words[0].startswith("-") and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]):
+            words = words[1:]
+        elif head in WRAPPERS:
+            words = words[1:]
+            while words and (words[0].startswith("-") or (head == "timeout" and words[0][:1].isdigit())):
+                words = words[1:]
+        else:
+            return head, words[1:]
+    return "", []
+
+
+def starts_python(argv: Sequence[str]) -> str | None:
+    """The interpreter an argv starts (python3, a *.py script, or the sidecar-agent CLI), if any."""
+    for command in simple_commands(argv):
+        name, _ = program(command)
+        if PYTHON.match(name) or name.endswith(".py"):
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a command connects: a host (\"\" when local), a port, and the HTTP path if it is a URL."""
+
+    host: str
+    port: int | None
+    path: str | None
+    program: str
+
+
+def is_local(host: str) -> bool:
+    return host.lower() in LOCAL_HOSTS or host.startswith("127.")
+
+
+def _host_port(text: str) -> tuple[str, int | None]:
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit() and not host.endswith(":"):
+        return host.strip("[]") or "localhost", int(port)
+    return text.strip("[]"), None
+
+
+def targets(argv: Sequence[str]) -> list[Target]:
+    """Every server an exec command talks to, as far as can be read from its words."""
+    found: list[Target] = []
+    for command in simple_commands(argv):
+        name, args = program(command)
+        for word in args:
+            for match in URL.finditer(word):
+                url_host = match.group("host").strip("[]")
+                url_port = int(match.group("port")) if match.group("port") else None
+                found.append(Target("" if is_local(url_host) else url_host, url_port, match.group("path") or "/", name))
+        if name == "sidecar-agent" and args[:1] == ["wait"]:
+            url = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--url"), None)
+            url = url or next((a.split("=", 1)[1] for a in args if a.startswith("--url=")), None)
+            if url is None:  # its default URL is the agent's readiness
+                found.append(Target("", 8686, "/readyz", name))
+        if name in DNS_TOOLS:
+            found.append(Target(next((a for a in args if not a.startswith("-")), "a DNS server"), None, None, name))
+        if name not in CLIENT_HOST_FLAGS:
+            continue
+        host, port = _option(args, CLIENT_HOST_FLAGS[name]), _option(args, CLIENT_PORT_FLAGS)
+        if name in ("nc", "ncat", "netcat", "cqlsh", "grpcurl"):
+            positional = [a for a in args if not a.startswith("-") and not URL.match(a)]
+            host = positional[0] if positional else None
+            port = positional[1] if len(positional) > 1 else port
+        if host is None and port is None:
+            continue
+        host_text, host_port = _host_port(host or "localhost")
+        number = int(port) if port and port.isdigit() else host_port
+        found.append(Target("" if is_local(host_text) else host_text, number, None, name))
+    return found
+
+
+def _option(args: Sequence[str], flags: Sequence[str]) -> str | None:
+    for i, arg in enumerate(args):
+        for flag in flags:
+            if arg == flag and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1:]
+            if len(flag) == 2 and arg.startswith(flag) and len(arg) > 2 and not arg.startswith("--"):
+                return arg[2:]
+    return None
