@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import psutil
 
 from agent.config import AppMatch
+from agent.threads import run_internal
 
 log = logging.getLogger("agent.app")
 
@@ -117,7 +118,7 @@ class AppMonitor:
     async def refresh(self) -> AppSample | None:
         """Look the app up again (in a thread: psutil reads /proc) and return the new sample."""
         async with self._lock:
-            return await asyncio.to_thread(self.refresh_sync)
+            return await run_internal(self.refresh_sync)
 
     def refresh_sync(self) -> AppSample | None:
         previous = self.sample
@@ -142,14 +143,11 @@ class AppMonitor:
             return self._process
         self._process = None
         try:
-            found = self._find()
+            found, why = self._find()
         except (OSError, ValueError) as exc:
             self.error = f"cannot look up the app: {exc}"
             return None
-        if found is None:
-            self.error = f"no process matches {self.description}"
-        else:
-            self.error = None
+        self.error = None if found is not None else (why or f"no process matches {self.description}")
         self._process = found
         return found
 
@@ -165,16 +163,23 @@ class AppMonitor:
         with open(self.match.pidfile, encoding="ascii") as handle:
             return int(handle.read().strip())
 
-    def _find(self) -> psutil.Process | None:
+    def _find(self) -> tuple[psutil.Process | None, str | None]:
+        """The app's process, or None and (when there is more to say than "no match") why."""
         if self.child_pid is not None:
-            return _process_or_none(self.child_pid)
+            return _process_or_none(self.child_pid), None
         if self.match is None:
-            return None
+            return None, None
         if self.match.pidfile:
             try:
-                return _process_or_none(self._pidfile_pid())
+                written = os.stat(self.match.pidfile).st_mtime
+                process = _process_or_none(self._pidfile_pid())
             except FileNotFoundError:
-                return None
+                return None, f"the pidfile {self.match.pidfile} does not exist"
+            # An app writes its pidfile after it starts. A process that started later than the file was
+            # written only got a recycled pid: it is not the app, and must never be signalled as it.
+            if process is not None and process.create_time() > written + 1.0:
+                return None, f"the pidfile {self.match.pidfile} is stale: pid {process.pid} started after it was written"
+            return process, None
         me = os.getpid()
         candidates = []
         for proc in psutil.process_iter(["pid", "name", "cmdline", "create_time"]):
@@ -189,7 +194,7 @@ class AppMonitor:
             if hit:
                 candidates.append(proc)
         # Of several matches (a master and its workers), watch the oldest: the one that started them.
-        return min(candidates, key=lambda p: (p.info["create_time"], p.pid), default=None)
+        return min(candidates, key=lambda p: (p.info["create_time"], p.pid), default=None), None
 
     def _read(self, process: psutil.Process, previous: AppSample | None) -> AppSample | None:
         now = self._clock()

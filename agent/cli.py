@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
 
 import yaml
 
-from agent import __version__, logs
+from agent import __version__, logs, threads
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
 from agent.units import parse_address, parse_duration
 
@@ -114,14 +116,31 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], command: list[str] 
     config = _with_overrides(read_config(path, env, app_is_child=command is not None), listen, env)
     scrub = logs.setup(config.log.level, config.log.format, logs.Scrubber(config.secrets))
     try:
-        return asyncio.run(serve(config, scrub, command, reload=reload))
+        code = _run_loop(serve(config, scrub, command, reload=reload))
     except SpawnError as exc:
         logging.getLogger("agent").error("cannot start the app: %s", exc)
-        return exc.code
+        code = exc.code
     except OSError as exc:
         host, port = config.listen
         logging.getLogger("agent").error("cannot listen on %s:%s: %s", host, port, exc.strerror or exc)
-        return EXIT_INTERNAL
+        code = EXIT_INTERNAL
+    # Exit now: a thread stuck in getaddrinfo (a dependency's DNS hangs) must not hold the process,
+    # which the interpreter's exit would do by joining every worker thread.
+    threads.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """asyncio.run without its last step, which waits for every executor thread to finish."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()  # shuts the executors down without waiting
 
 
 def cmd_wait(args: argparse.Namespace, env: Mapping[str, str]) -> int:

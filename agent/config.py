@@ -203,15 +203,39 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
+
+def _construct_object(loader: _Loader, node: yaml.Node, deep: bool = False) -> Any:
+    """PyYAML raises plain ValueError for some scalars (2001-13-45, an int of 5000 digits): give them a line."""
+    try:
+        return yaml.SafeLoader.construct_object(loader, node, deep=deep)
+    except (ValueError, OverflowError) as exc:
+        raise yaml.constructor.ConstructorError(None, None, f"cannot read this value: {exc}", node.start_mark) from None
+
+
+_Loader.construct_object = _construct_object  # type: ignore[method-assign,assignment]
+
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems) -> Any:
-    """Expand ${VAR} and ${VAR:-default} in every string value; `$$` is a literal `$`."""
+def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,
+            done: dict[int, Any] | None = None) -> Any:
+    """Expand ${VAR} and ${VAR:-default} in every string value; `$$` is a literal `$`.
+
+    A YAML alias is one shared object: it is expanded once (`done`), so nested aliases cannot blow up.
+    """
+    done = {} if done is None else done
+    if isinstance(value, (dict, list)) and id(value) in done:
+        return done[id(value)]
     if isinstance(value, dict):
-        return {k: _expand(v, join(path, k), env, problems) for k, v in value.items()}
+        mapping: dict[Any, Any] = {}
+        done[id(value)] = mapping
+        mapping.update({k: _expand(v, join(path, k), env, problems, done) for k, v in value.items()})
+        return mapping
     if isinstance(value, list):
-        return [_expand(v, f"{path}[{i}]", env, problems) for i, v in enumerate(value)]
+        items: list[Any] = []
+        done[id(value)] = items
+        items.extend(_expand(v, f"{path}[{i}]", env, problems, done) for i, v in enumerate(value))
+        return items
     if not isinstance(value, str) or "$" not in value:
         return value
 
@@ -232,13 +256,17 @@ def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems) -
 def parse_yaml(data: bytes | str) -> Any:
     """The YAML document, or a ConfigError naming the line."""
     if isinstance(data, bytes):
+        raw = data
         try:
-            data = data.decode("utf-8")
+            data = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            bad = data[exc.start:exc.start + 1]
-            raise ConfigError([("", f"the file is not valid UTF-8 (byte {exc.start}: {bad!r})")]) from None
+            bad, line = raw[exc.start:exc.start + 1], raw.count(b"\n", 0, exc.start) + 1
+            raise ConfigError([("", f"line {line}: the file is not valid UTF-8 (byte {exc.start}: {bad!r})")]) from None
     try:
         docs = list(yaml.load_all(data, Loader=_Loader))
+    except yaml.reader.ReaderError as exc:
+        line = str(data).count("\n", 0, exc.position) + 1
+        raise ConfigError([("", f"line {line}: character {exc.character!r} is not allowed in YAML")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

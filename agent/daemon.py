@@ -25,6 +25,7 @@ from agent.server import ProbeServer
 from agent.shutdown import Shutdown
 from agent.status import iso, status_document
 from agent.supervisor import FORWARDED, ChildProcess
+from agent.threads import install_default_executor, run_internal
 from agent.watchdog import Watchdog
 
 log = logging.getLogger("agent")
@@ -56,7 +57,7 @@ class Agent:
         self.started_wall = time.time()
         self.reaper = Reaper()
         self.child = ChildProcess(command, self.reaper) if command else None
-        self.health = Health(config.checks, clock, on_phase=self._log_phase)
+        self.health = Health(config.checks, clock, on_phase=self._log_phase, slack=lambda: self.watchdog.lag)
         watch_app = self.child is not None or config.app.match is not None
         self.app = AppMonitor(config.app.match, clock=clock, on_restart=self._log_restart) if watch_app else None
         self.heartbeats: dict[str, float] = {}
@@ -132,7 +133,7 @@ class Agent:
         if self.reload_source is None:
             return False, "this agent runs on the embedded default config: there is no file to reload"
         try:
-            new = await asyncio.to_thread(self.reload_source)
+            new = await run_internal(self.reload_source)
         except Exception as exc:  # noqa: BLE001 - UsageError carries every problem; anything else is refused too
             self.metrics.reload_failures.inc()
             message = f"config reload ({source}) refused, the old config keeps running: {exc}"
@@ -271,8 +272,9 @@ async def serve(config: Config, scrub: Scrubber, command: Sequence[str] | None =
                 reload: Callable[[], Config] | None = None) -> int:
     """Run the agent until its shutdown sequence ends; every task is cancelled and awaited before returning."""
     raise_fd_limit()
-    agent = Agent(config, scrub, command=command, reload=reload)
     loop = asyncio.get_running_loop()
+    install_default_executor(loop)
+    agent = Agent(config, scrub, command=command, reload=reload)
     handled = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
     for signum in handled[:2]:
         loop.add_signal_handler(signum, agent.on_signal, signum)
@@ -284,12 +286,17 @@ async def serve(config: Config, scrub: Scrubber, command: Sequence[str] | None =
     try:
         await agent.start()
         event(log, logging.INFO, f"agent started with {len(config.checks)} checks", checks=len(config.checks))
+        if scrub.too_short:
+            event(log, logging.WARNING, f"{scrub.too_short} secret(s) are shorter than 4 characters and cannot be "
+                  "redacted from logs and messages without mangling them: use longer secrets")
         await agent.shutdown.stopped.wait()
     finally:
+        await agent.stop()  # the handlers stay in place meanwhile: a late SIGINT or SIGTERM changes nothing
         for signum in handled + forwarded:
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(signum)
-        await agent.stop()
+        for signum in handled:
+            signal.signal(signum, signal.SIG_IGN)  # the process is about to exit with its own code
     code = agent.exit_code
     event(log, logging.INFO, "agent stopped" + (f"; exiting with the app's code {code}" if agent.child else ""),
           exit_code=code)

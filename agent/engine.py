@@ -185,7 +185,9 @@ class Engine:
         task.add_done_callback(finished)
 
     def _result(self, outcome: Outcome, message: str, start: float, wall: float) -> Result:
-        message = self.scrub(" ".join(str(message).split()))[:MAX_MESSAGE]
+        message = self.scrub(" ".join(str(message).split()))
+        if len(message) > MAX_MESSAGE:  # keep the start (what failed) and the end (a command's last words)
+            message = message[:MAX_MESSAGE // 4] + " ... " + message[-(MAX_MESSAGE - MAX_MESSAGE // 4 - 5):]
         return Result(outcome, message, max(0.0, self.clock() - start), self.clock(), wall)
 
     def _record(self, spec: CheckSpec, result: Result) -> None:

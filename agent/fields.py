@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ REDACTED = "<redacted>"
 # Any value may be written as ${VAR}; the loader expands it before checking the kind.
 ENV_REFERENCE = {"type": "string", "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}"}
 _MISSING = object()
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
 
 
 class ConfigError(Exception):
@@ -47,11 +52,12 @@ class Invalid(ValueError):
 
 def describe(value: object) -> str:
     """A short, quoted rendering of a bad value for error messages."""
-    text = repr(value)
+    text = _SHORT.repr(value)  # bounded: a YAML alias can make a small file a huge nested value
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def join(path: str, key: str) -> str:
+    key = key if key else '""'  # an empty key still needs a visible path
     return f"{path}.{key}" if path else key
 
 
@@ -109,8 +115,10 @@ class Url(Kind):
         try:
             parts = urlsplit(value)
             parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as exc:
-            raise Invalid(f"not a valid URL: {exc}") from None
+        except ValueError:
+            # urlsplit's message would quote part of the netloc, which may be the start of a password.
+            raise Invalid("not a valid URL (is the port a number? percent-encode '/', '?', '#' and '@' "
+                          "in a password)") from None
         if parts.scheme not in self.schemes or not parts.hostname:
             expected = " or ".join(f"{s}://" for s in self.schemes)
             raise Invalid(f"expected a URL starting with {expected} and naming a host")
@@ -166,9 +174,9 @@ class Number(Kind):
         else:
             raise Invalid(f"expected {noun}, got {describe(value)}")
         if self.minimum is not None and number < self.minimum:
-            raise Invalid(f"must be at least {self.minimum:g}, got {number:g}")
+            raise Invalid(f"must be at least {self.minimum:g}, got {_number(number)}")
         if self.maximum is not None and number > self.maximum:
-            raise Invalid(f"must be at most {self.maximum:g}, got {number:g}")
+            raise Invalid(f"must be at most {self.maximum:g}, got {_number(number)}")
         return number
 
     def schema(self) -> dict[str, Any]:
@@ -178,6 +186,12 @@ class Number(Kind):
         if self.maximum is not None:
             out["maximum"] = self.maximum
         return {"anyOf": [out, {"type": "string", "pattern": r"^-?[0-9.]+$"}]}
+
+
+def _number(value: float) -> str:
+    """A number for a message; :g overflows on ints beyond a float's range."""
+    text = str(value) if isinstance(value, int) else f"{value:g}"
+    return text if len(text) <= 20 else text[:17] + "..."
 
 
 class Duration(Kind):
@@ -237,7 +251,7 @@ class Regex(Str):
         text = super().parse(value, path, problems)
         try:
             re.compile(text)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             raise Invalid(f"not a valid regular expression: {exc}") from None
         return text
 

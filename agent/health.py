@@ -7,6 +7,7 @@ the server asks for answers, both passing the current monotonic time.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -73,9 +74,13 @@ class CheckState:
         base = self.last.at if self.last else self.started_at + self.spec.initial_delay
         return base + self.spec.stale_after
 
-    def verdict(self, now: float) -> tuple[bool | None, str]:
-        """(passing, reason): True, False, or None while no threshold has been met yet."""
-        if now > self.fresh_until():
+    def verdict(self, now: float, slack: float = 0.0) -> tuple[bool | None, str]:
+        """(passing, reason): True, False, or None while no threshold has been met yet.
+
+        `slack` is time the agent itself lost (a paused or starved event loop): a result is not
+        stale because the agent could not run its poller.
+        """
+        if now > self.fresh_until() + slack:
             age = f"{format_duration(round(now - self.last.at, 1))} old" if self.last else "no result yet"
             return False, f"stale: last result is {age}"
         if self.passing is None:
@@ -98,6 +103,11 @@ class Answer:
     status: int
     body: str
 
+    @functools.cached_property
+    def data(self) -> bytes:
+        """The body encoded once, since a cached answer is sent many times."""
+        return self.body.encode()
+
 
 @dataclass
 class _Cached:
@@ -118,6 +128,7 @@ class Health:
     specs: Sequence[CheckSpec]
     clock: Callable[[], float]
     on_phase: Callable[[Phase, Phase, str], None] | None = None
+    slack: Callable[[], float] = lambda: 0.0  # time the agent's own loop lost lately (the watchdog's lag)
     states: dict[str, CheckState] = field(init=False)
     startup_done: bool = False
     admin_drained: bool = False
@@ -131,8 +142,13 @@ class Health:
 
     def record(self, name: str, result: Result) -> bool:
         """Apply a check's result; True when the check's state flipped."""
-        flipped = self.states[name].record(result)
-        self.invalidate()
+        state = self.states[name]
+        before = state.verdict(result.at)
+        flipped = state.record(result)
+        # Most results repeat the last one (ok stays ok, the same failure again): the answers built
+        # from the cache are then unchanged, so keep them rather than rebuild them for every result.
+        if flipped or state.verdict(result.at) != before:
+            self.invalidate()
         return flipped
 
     def apply(self, specs: Sequence[CheckSpec]) -> None:
@@ -155,7 +171,8 @@ class Health:
 
     def startup_passing(self, now: float) -> bool:
         """Whether every startup check passes now (before the latch is set)."""
-        return all(self.states[n].verdict(now)[0] is True for n in self.members["startup"])
+        slack = self.slack()
+        return all(self.states[n].verdict(now, slack)[0] is True for n in self.members["startup"])
 
     def latch_startup(self, now: float) -> bool:
         """Set the startup latch once every startup check has passed; True when it was set just now."""
@@ -187,11 +204,12 @@ class Health:
     def evaluate(self, probe: str, now: float, *, verbose: bool = False, exclude: Iterable[str] = ()) -> Answer:
         """Compute a probe's answer in the kube-apiserver format (`[+]name ok`, `[-]name failed: reason`)."""
         excluded = set(exclude)
+        slack = self.slack()
         lines: list[tuple[bool, str]] = []
         for name in self.members[probe]:
             if name in excluded:
                 continue
-            passing, reason = self.states[name].verdict(now)
+            passing, reason = self.states[name].verdict(now, slack)
             ok = UNKNOWN_PASSES[probe] if passing is None else passing
             lines.append((ok, f"[+]{name} ok" if ok and reason == "ok" else
                           f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed'}: {_clip(reason)}"))
@@ -225,7 +243,7 @@ class Health:
         """The answer for one check of a probe (`/readyz/NAME`); None when the probe has no such check."""
         if name not in self.members[probe]:
             return None
-        passing, reason = self.states[name].verdict(now)
+        passing, reason = self.states[name].verdict(now, self.slack())
         ok = UNKNOWN_PASSES[probe] if passing is None else passing
         if ok:
             return Answer(200, "ok\n")

@@ -11,16 +11,21 @@ from typing import IO, Any
 
 from agent.fields import REDACTED
 
+MIN_SECRET = 4  # shorter "secrets" would be replaced inside ordinary words, mangling every line
+
 
 class Scrubber:
     """Replaces every known secret in a text; longest first, so no secret is half-replaced."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: list[str] = []
+        self.too_short = 0  # secrets left unscrubbed because they are shorter than MIN_SECRET
         self.add(*secrets)
 
     def add(self, *secrets: str) -> None:
-        self._secrets = sorted({*self._secrets, *(s for s in secrets if s)}, key=len, reverse=True)
+        fresh = {s for s in secrets if s and s not in self._secrets}
+        self.too_short += sum(1 for s in fresh if len(s) < MIN_SECRET)
+        self._secrets = sorted({*self._secrets, *(s for s in fresh if len(s) >= MIN_SECRET)}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
@@ -35,10 +40,12 @@ class _Formatter(logging.Formatter):
         self.json, self.scrub = fmt == "json", scrub
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = getattr(record, "fields", {})
+        # Values are scrubbed, not the formatted line, so the line keeps its structure.
+        fields = {k: self._clean(v) for k, v in getattr(record, "fields", {}).items()}
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
+        message = self.scrub(message)
         if self.json:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
             line = json.dumps({"time": stamp, "level": record.levelname.lower(), "logger": record.name,
@@ -46,7 +53,14 @@ class _Formatter(logging.Formatter):
         else:
             extra = " ".join(f"{k}={v}" for k, v in fields.items())
             line = f"{self.formatTime(record)} {record.levelname:<7} {message}" + (f" [{extra}]" if extra else "")
-        return self.scrub(line)
+        return line
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, (list, tuple)):
+            return [self._clean(v) for v in value]
+        return value if isinstance(value, (int, float, bool)) or value is None else self.scrub(str(value))
 
 
 def setup(level: str = "info", fmt: str = "json", scrub: Scrubber | None = None,
@@ -61,7 +75,17 @@ def setup(level: str = "info", fmt: str = "json", scrub: Scrubber | None = None,
     root.propagate = False
     logging.getLogger("aiohttp").handlers[:] = [handler]
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_not_a_bad_request)
     return scrub
+
+
+def _not_a_bad_request(record: logging.LogRecord) -> bool:
+    """Drop aiohttp's error-with-traceback for a malformed request: the client got its 400, and a scanner
+    must not flood the log."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, HttpProcessingError)
 
 
 def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:

@@ -25,11 +25,11 @@ class StateCollector:
         self.health, self.app, self.clock = health, app, clock
 
     def collect(self) -> Iterator[Metric]:
-        now = self.clock()
+        now, slack = self.clock(), self.health.slack()
         up = GaugeMetricFamily("sidecar_check_up", "1 when the check passes, 0 when it fails or has no verdict yet.",
                                labels=["check", "type"])
         for state in self.health.states.values():
-            up.add_metric([state.spec.name, state.spec.type], 1.0 if state.verdict(now)[0] is True else 0.0)
+            up.add_metric([state.spec.name, state.spec.type], 1.0 if state.verdict(now, slack)[0] is True else 0.0)
         yield up
         probe = GaugeMetricFamily("sidecar_probe_up", "1 when the probe answers 200.", labels=["probe"])
         for name in UNKNOWN_PASSES:

@@ -7,7 +7,7 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -19,6 +19,7 @@ from agent.metrics import Metrics
 log = logging.getLogger("agent.server")
 PROBE_PATHS = {"livez": "liveness", "readyz": "readiness", "startupz": "startup"}
 TEXT = "text/plain"
+TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
 class Controls(Protocol):
@@ -68,11 +69,18 @@ class ProbeServer:
         router.add_get("/status", self.get_status)
         router.add_get("/metrics", self.get_metrics)
         router.add_post("/heartbeat/{name}", self.post_heartbeat)
-        router.add_get("/prestop", self.prestop)
-        router.add_post("/quitquitquit", self.quitquitquit)
-        router.add_post("/admin/drain", self.drain)
-        router.add_post("/admin/undrain", self.undrain)
-        router.add_post("/admin/reload", self.reload)
+        router.add_get("/prestop", self._admin(self.prestop))
+        router.add_post("/quitquitquit", self._admin(self.quitquitquit))
+        router.add_post("/admin/drain", self._admin(self.drain))
+        router.add_post("/admin/undrain", self._admin(self.undrain))
+        router.add_post("/admin/reload", self._admin(self.reload))
+
+    def _admin(self, handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable[[web.Request], Any]:
+        """Guard an admin handler: refused callers get 401/403 and nothing happens."""
+        async def guarded(request: web.Request) -> web.Response:
+            refused = self.refuse(request)
+            return refused if refused is not None else await handler(request)
+        return guarded
 
     def _probe_handler(self, probe: str) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.Response:
@@ -121,6 +129,7 @@ class ProbeServer:
         name = request.match_info["name"]
         if name not in self.heartbeat_checks:
             return web.Response(status=404, text=f"no heartbeat check named {name[:80]!r}\n", content_type=TEXT)
+        await request.read()  # the body means nothing, but reading it applies the 64 KiB cap (413 over it)
         self.heartbeats[name] = self.clock()
         return web.Response(text="ok\n", content_type=TEXT)
 
@@ -145,9 +154,6 @@ class ProbeServer:
 
     async def prestop(self, request: web.Request) -> web.Response:
         """Start the sequence and hold the kubelet's preStop hook until the app is stopped (or the drain is over)."""
-        refused = self.refuse(request)
-        if refused is not None:
-            return refused
         self.controls.trigger("GET /prestop")
         shutdown = self.controls.shutdown
         await (shutdown.stopped.wait() if shutdown.config.relay_signal else shutdown.drained.wait())
@@ -155,30 +161,18 @@ class ProbeServer:
         return web.Response(text=f"shutdown: {outcome}\n", content_type=TEXT)
 
     async def quitquitquit(self, request: web.Request) -> web.Response:
-        refused = self.refuse(request)
-        if refused is not None:
-            return refused
         self.controls.trigger("POST /quitquitquit")
         return web.Response(text="shutting down\n", content_type=TEXT)
 
     async def drain(self, request: web.Request) -> web.Response:
-        refused = self.refuse(request)
-        if refused is not None:
-            return refused
         self.controls.set_drained(True)
         return web.Response(text="drained: readiness fails until POST /admin/undrain\n", content_type=TEXT)
 
     async def undrain(self, request: web.Request) -> web.Response:
-        refused = self.refuse(request)
-        if refused is not None:
-            return refused
         self.controls.set_drained(False)
         return web.Response(text="undrained\n", content_type=TEXT)
 
     async def reload(self, request: web.Request) -> web.Response:
-        refused = self.refuse(request)
-        if refused is not None:
-            return refused
         ok, message = await self.controls.reload("POST /admin/reload")
         return web.Response(status=200 if ok else 422, text=message + "\n", content_type=TEXT)
 
@@ -207,5 +201,5 @@ class ProbeServer:
 
 
 def _text(answer: Answer) -> web.Response:
-    return web.Response(status=answer.status, text=answer.body, content_type=TEXT)
+    return web.Response(status=answer.status, body=answer.data, headers=TEXT_HEADERS)
 

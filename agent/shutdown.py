@@ -21,6 +21,7 @@ from agent.config import ShutdownConfig
 from agent.health import Health
 from agent.logs import event
 from agent.phases import ALLOWED, Phase
+from agent.threads import run_internal
 from agent.units import format_duration
 
 log = logging.getLogger("agent.shutdown")
@@ -151,12 +152,12 @@ class Shutdown:
             if now >= delay_end:
                 if conns is None or now >= conns_end:
                     break
-                remaining = await asyncio.to_thread(self.connections, conns.port)
+                remaining = await run_internal(self.connections, conns.port)
                 if remaining == 0:
                     break
             await self._pause(min(POLL, max(0.0, delay_end - now)) if now < delay_end else POLL)
         if conns is not None and self.clock() >= conns_end and not self.hurry.is_set():
-            left = await asyncio.to_thread(self.connections, conns.port)
+            left = await run_internal(self.connections, conns.port)
             if left:
                 event(log, logging.WARNING, f"{left} connections on port {conns.port} still open after "
                       f"{format_duration(conns.timeout)}; going on", connections=left)

@@ -16,8 +16,8 @@ def iso(epoch: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
 
 
-def check_document(state: CheckState, now: float) -> dict[str, Any]:
-    passing, reason = state.verdict(now)
+def check_document(state: CheckState, now: float, slack: float = 0.0) -> dict[str, Any]:
+    passing, reason = state.verdict(now, slack)
     label = "stale" if reason.startswith("stale") else {True: "passing", False: "failing", None: "unknown"}[passing]
     last = state.last
     return {
@@ -64,7 +64,7 @@ def status_document(health: Health, app: AppMonitor | None, now: float, *, start
         "startup_passed": health.startup_done,
         "admin_drained": health.admin_drained,
         "probes": {p: health.answer(p, now).status == 200 for p in UNKNOWN_PASSES},
-        "checks": {name: check_document(state, now) for name, state in health.states.items()},
+        "checks": {name: check_document(state, now, health.slack()) for name, state in health.states.items()},
         "app": app_document(app),
         **(extra or {}),
     }

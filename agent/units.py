@@ -18,17 +18,20 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like 2s")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError("expected a duration like 2s") from None
     elif isinstance(value, str):
         text = value.strip()
         try:
             seconds = float(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             pos, seconds = 0, 0.0
             for match in _DURATION_PART.finditer(text):
                 if match.start() != pos:
                     break
-                seconds += float(match.group(1)) * _DURATION_SCALE[match.group(2)]
+                seconds += float(match.group(1)) * _DURATION_SCALE[match.group(2)]  # inf for huge: refused below
                 pos = match.end()
             if pos == 0 or pos != len(text):
                 raise ValueError("expected a duration like 2s") from None
@@ -84,7 +87,7 @@ def parse_address(value: object, *, default_host: str | None = None, any_port: b
             raise ValueError("expected an address like 127.0.0.1:8080 (the host is missing)")
         host = default_host
     if not port_text.isdigit() or not (0 if any_port else 1) <= int(port_text) <= 65535:
-        raise ValueError(f"port must be a number from 1 to 65535, got {port_text!r}")
+        raise ValueError(f"port must be a number from {0 if any_port else 1} to 65535, got {port_text!r}")
     return host, int(port_text)
 
 

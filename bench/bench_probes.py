@@ -1,7 +1,7 @@
 """Benchmark of the probe server (issue 2): throughput, tail latency, memory and start time.
 
 Run as `.venv/bin/python bench/bench_probes.py` from the repository root; it needs `wrk` on PATH, takes about
-two minutes, and prints a markdown table (progress goes to stderr). What it measures, in one run:
+three minutes, and prints a markdown table (progress goes to stderr). What it measures, in one run:
 
 1. `/readyz` requests/s and p99 latency of the agent on its embedded default config (no checks) against a bare
    aiohttp server (bench/bare_server.py), both under the same `wrk` load, rounds alternating, medians reported;
@@ -10,6 +10,10 @@ two minutes, and prints a markdown table (progress goes to stderr). What it meas
    (every 1 or 2 s); the helpers run in a thread of this process;
 3. the RSS of each server process after its load;
 4. the time from Popen to the first `GET /livez` answered 200, several times.
+
+Besides, for reading the figures: the server's CPU time per request and the CPU the rest of the machine used
+during each round (a shared 2-core machine makes both wrk and the server compete with anything else running),
+and one round with a single connection, whose p99 is the per-probe latency without queueing behind 49 others.
 
 Every process it starts is stopped by its pid before it exits; all traffic stays on 127.0.0.1.
 """
@@ -232,11 +236,6 @@ def bare_command(port: int = 0) -> list[str]:
     return [sys.executable, str(HERE / "bare_server.py"), "--listen", f"{HOST}:{port}"]
 
 
-def start_agent(name: str, folder: str, config: str | None = None) -> Child:
-    """An agent on `--listen 127.0.0.1:0`; its port is read from its "serving probes on HOST:PORT" log line."""
-    return Child(name, agent_command(0, config), SERVING_AGENT, folder).start()
-
-
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -357,17 +356,20 @@ def time_to_first_probe(command_for: Callable[[int], list[str]], limit: float = 
     """Seconds from Popen to the first /livez answered 200, polling every 5 ms; the process is stopped after."""
     port = free_port()
     start = time.perf_counter()
-    proc = subprocess.Popen(command_for(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=HERE.parent)
+    proc = subprocess.Popen(command_for(port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=HERE.parent)
     try:
         while time.perf_counter() - start < limit:
             if answered_200(port):
                 return time.perf_counter() - start
             if proc.poll() is not None:
-                raise RuntimeError(f"{command_for(port)} exited with {proc.returncode} before answering")
+                error = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"{command_for(port)} exited with {proc.returncode} before answering:\n{error}")
             time.sleep(0.005)
         raise RuntimeError(f"no /livez answer within {limit}s from {command_for(port)}")
     finally:
         kill(proc)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 # --- the benchmark ---------------------------------------------------------------------------------------------

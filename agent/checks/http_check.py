@@ -68,6 +68,13 @@ def _ranges(ranges: tuple[tuple[int, int], ...]) -> str:
     return ", ".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in ranges)
 
 
+def _validate(params: Params) -> str | None:
+    parts = urlsplit(params.url)
+    if (parts.username or parts.password) and any(k.lower() == "authorization" for k, _ in params.headers):
+        return "credentials in the url and an Authorization header cannot both be sent: keep one of them"
+    return None
+
+
 def _create(spec: Any, ctx: CheckContext) -> HttpCheck:
     return HttpCheck(spec.params)
 
@@ -85,4 +92,5 @@ TYPE = CheckType(
     params=Params,
     create=_create,
     is_dependency=lambda params: not is_loopback_host(urlsplit(params.url).hostname or ""),
+    validate=_validate,
 )

@@ -43,8 +43,10 @@ class Dsn(Kind):
             try:
                 parts = urlsplit(value)
                 parts.port  # noqa: B018 - raises on a bad port
-            except ValueError as exc:
-                raise Invalid(f"not a valid DSN URL: {exc}") from None
+            except ValueError:
+                # urlsplit's message would quote part of the netloc, which may be the start of a password.
+                raise Invalid("not a valid DSN URL (is the port a number? percent-encode '/', '?', '#' and '@' "
+                              "in a password)") from None
             if parts.password:
                 problems.secrets.add(parts.password)
             return value

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from agent.checks import CheckContext, CheckFailure, CheckType
 from agent.fields import Address, Field
 from agent.units import format_address, is_loopback_host
+
+Lookup = list[tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -20,22 +24,53 @@ class Params:
 class TcpCheck:
     def __init__(self, params: Params) -> None:
         self.host, self.port = params.address
+        self.where = format_address(self.host, self.port)
+        self._lookup: asyncio.Future[Lookup] | None = None
 
     async def run(self) -> str:
-        where = format_address(self.host, self.port)
+        targets = [self.host] if _is_ip(self.host) else await self._resolve()
+        last: OSError | None = None
+        for target in targets:
+            try:
+                _, writer = await asyncio.open_connection(target, self.port)
+            except OSError as exc:
+                last = exc
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return f"connected to {self.where}"
+        if isinstance(last, ConnectionRefusedError):
+            raise CheckFailure(f"connection refused by {self.where}")
+        raise CheckFailure(f"cannot connect to {self.where}: {getattr(last, 'strerror', None) or last}")
+
+    async def _resolve(self) -> list[str]:
+        """The host's addresses. One lookup at a time: a lookup that outlived a timed-out run is awaited
+        again by the next run rather than joined by another, so a hung resolver holds one thread, not one a run."""
+        if self._lookup is None:
+            loop = asyncio.get_running_loop()
+            self._lookup = asyncio.ensure_future(loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM))
+        lookup = self._lookup
         try:
-            _, writer = await asyncio.open_connection(self.host, self.port)
-        except ConnectionRefusedError:
-            raise CheckFailure(f"connection refused by {where}") from None
-        except OSError as exc:
-            raise CheckFailure(f"cannot connect to {where}: {exc.strerror or exc}") from None
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return f"connected to {where}"
+            infos = await asyncio.shield(lookup)
+        except socket.gaierror as exc:
+            raise CheckFailure(f"cannot resolve {self.host}: {exc.strerror or exc}") from None
+        finally:
+            if lookup.done():
+                self._lookup = None
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
     async def close(self) -> None:
-        return None
+        if self._lookup is not None and not self._lookup.done():
+            self._lookup.cancel()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _create(spec: Any, ctx: CheckContext) -> TcpCheck:

@@ -175,7 +175,7 @@ def test_the_dump_redacts_every_secret() -> None:
     config = load("""
         admin: {token_env: AGENT_TOKEN}
         checks:
-          api: {type: http, url: 'http://user:url-pass@127.0.0.1:8080/x', headers: {Authorization: Bearer hdr-secret}}
+          api: {type: http, url: 'http://user:url-pass@127.0.0.1:8080/x', headers: {X-Api-Key: Bearer hdr-secret}}
           script: {type: exec, command: [./probe.sh], env: {API_KEY: env-secret}}
     """, {"AGENT_TOKEN": "token-secret"})
     text = yaml.safe_dump(dump(config))
