@@ -130,9 +130,11 @@ class Engine:
 
     async def _poll(self, spec: CheckSpec) -> None:
         check = self.checks[spec.name]
-        # A small random offset so that many checks with one interval do not fire together.
+        # The first run comes soon (a small random offset), so the first answers are right quickly; the
+        # second comes at a random phase of the interval, so that many checks with one interval spread out
+        # over it instead of firing together and stalling the probes behind a burst of runs.
         await asyncio.sleep(spec.initial_delay + random.uniform(0, min(spec.interval * 0.1, 0.25)))
-        next_at = self.clock()
+        next_at = self.clock() - spec.interval * random.uniform(0.0, 0.5)
         while True:
             result = await self.run_once(spec, check)
             self._record(spec, result)
