@@ -201,7 +201,7 @@ def test_exit_with_app_stops_the_agent_when_the_app_exits(start_app) -> None:  #
 def test_a_signal_the_agent_may_not_send_is_reported_with_the_fix() -> None:
     # The app runs as nobody; the agent as root without CAP_KILL, like a container that lacks it.
     marker = f"nobody-app-{os.getpid()}-{os.urandom(3).hex()}"
-    app = subprocess.Popen(["/bin/sh", "-c", "sleep 600", marker], user=65534)
+    app = subprocess.Popen(["/bin/sh", "-c", "sleep 600", marker], user=65534, start_new_session=True)
     setpriv = ["setpriv", "--bounding-set=-kill", "--inh-caps=-kill"]
     config = (f"app: {{match: {{cmdline: 'sh -c sleep 600 {marker}'}}}}\n"
               "shutdown: {drain_delay: 100ms, stop_timeout: 500ms}\n")
@@ -218,7 +218,7 @@ def test_a_signal_the_agent_may_not_send_is_reported_with_the_fix() -> None:
             assert "runAsUser" in errors[0] and "add: [KILL]" in errors[0] and "shareProcessNamespace" in errors[0]
             assert app.poll() is None
     finally:
-        app.kill()
+        os.killpg(app.pid, signal.SIGKILL)  # sh and the sleep it started
         app.wait()
 
 
