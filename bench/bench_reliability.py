@@ -59,7 +59,7 @@ from bench_probes import Load, parse_wrk  # noqa: E402
 from agent.testing import AgentProcess, run_agent  # noqa: E402
 from tests.reliability.test_faults import Restart, runs, watch_restart  # noqa: E402
 from tests.reliability.test_http_robustness import SlowClients  # noqa: E402
-from tests.servers import redis_server  # noqa: E402
+from tests.servers import accepting_port, redis_server  # noqa: E402
 
 STAND_IN_APP = ROOT / "tests" / "apps" / "app.py"
 HOST = "127.0.0.1"
@@ -94,33 +94,6 @@ def http_target() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(5)
-
-
-@contextlib.contextmanager
-def accepting_port() -> Iterator[int]:
-    """A port that accepts every connection and closes it."""
-    server = socket.socket()
-    server.bind((HOST, 0))
-    server.listen(512)
-    server.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ import pytest
 
 from agent.testing import AgentProcess, http_request, run_agent
 from tests.conftest import Target
+from tests.servers import accepting_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STAND_IN_APP = str(ROOT / "tests" / "apps" / "app.py")
@@ -82,28 +83,8 @@ def start_app(apps: list[App], folder: pathlib.Path, *, pid: int | None = None, 
 
 @pytest.fixture
 def accepting() -> Iterator[int]:
-    """A loopback TCP port that accepts every connection and closes it (a listener that never accepts fills its
-    backlog at 50 connections a second, and then connections time out)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(512)
-    server.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(5)
-    server.close()
+    with accepting_port() as port:
+        yield port
 
 
 def can_choose_pids() -> bool:
