@@ -573,8 +573,12 @@ def test_thousands_of_check_runs_keep_fds_and_tasks_steady(apps: list[App], tmp_
         print(f"\n{total:.0f} runs in {took:.1f} s ({total / took:.0f}/s); fds {fds_before} -> {fds_after}; "
               f"tasks {tasks_before} -> {tasks_after}")
         assert not failed, failed
-        assert max(fds_after) <= max(fds_before) + 3 and min(fds_after) <= min(fds_before) + 3, (fds_before, fds_after)
-        assert max(tasks_after) <= max(tasks_before) + 2, (tasks_before, tasks_after)
+        # Samples catch runs in flight (up to one task and a few fds per check), so a single high sample means
+        # nothing; a leak lifts the floor and the middle of the samples.
+        assert min(fds_after) <= min(fds_before) + 3, (fds_before, fds_after)
+        assert statistics.median(fds_after) <= statistics.median(fds_before) + 3, (fds_before, fds_after)
+        assert min(tasks_after) <= min(tasks_before) + 2, (tasks_before, tasks_after)
+        assert statistics.median(tasks_after) <= statistics.median(tasks_before) + 2, (tasks_before, tasks_after)
         assert agent.get("/readyz") == (200, "ok\n") and agent.get("/agent/livez") == (200, "ok\n")
         assert poller_restarts(agent) == 0
         assert statistics.median(fds_after) < 60
