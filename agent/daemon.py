@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from agent.app import AppMonitor, AppSample
 from agent.checks import CheckContext
-from agent.config import Config
+from agent.config import Config, ShutdownConfig
 from agent.engine import Engine
 from agent.health import Health
 from agent.logs import Scrubber, event
@@ -44,6 +44,8 @@ def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
         return -1
+
+
 APP_WATCH_INTERVAL = 1.0
 APP_WATCH_EXIT_INTERVAL = 0.25  # with exit_with_app, notice the app's exit quickly
 
@@ -67,17 +69,20 @@ class Agent:
         self.engine = Engine(self.health, self.metrics, context, scrub, clock)
         self.watchdog = Watchdog(self.metrics.loop_lag, clock)
         self.engine.on_result(self._maybe_running)
-        shutdown_config = config.shutdown
-        if self.child is not None and not shutdown_config.relay_signal:
-            # The child is the agent's own: leaving it running would only get it SIGKILLed at exit.
-            shutdown_config = dataclasses.replace(shutdown_config, relay_signal=True)
-        self.shutdown = Shutdown(self.health, shutdown_config, self.child or self.app,
+        self.shutdown = Shutdown(self.health, self._shutdown_config(config), self.child or self.app,
                                  on_outcome=self.metrics.count_shutdown, clock=clock)
         self.server = ProbeServer(self.health, self.metrics, status=self.status, agent_live=self.agent_problems,
                                   heartbeats=self.heartbeats, controls=self, token=config.admin.token, clock=clock)
         self._watcher: asyncio.Task[None] | None = None
         self._reloads: set[asyncio.Task[tuple[bool, str]]] = set()
         self._reload_lock = asyncio.Lock()
+
+    def _shutdown_config(self, config: Config) -> ShutdownConfig:
+        """In exec mode the stop signal is always relayed: the child is the agent's own, and leaving it
+        running would only get it SIGKILLed when the agent exits."""
+        if self.child is not None and not config.shutdown.relay_signal:
+            return dataclasses.replace(config.shutdown, relay_signal=True)
+        return config.shutdown
 
     # -- what the server and the signal handlers call ------------------------------------------------
 
@@ -96,8 +101,9 @@ class Agent:
         """The agent's own vital signs, for /status."""
         return {"event_loop_lag_seconds": round(self.watchdog.lag, 6), "tasks": len(asyncio.all_tasks()),
                 "open_fds": open_fds(), "poller_restarts": sum(len(v) for v in self.engine.deaths.values()),
-                "config_reloads": int(self.metrics.reloads._value.get()),
-                "config_reload_failures": int(self.metrics.reload_failures._value.get()),
+                "config_reloads": int(self.metrics.registry.get_sample_value("sidecar_config_reloads_total") or 0),
+                "config_reload_failures": int(
+                    self.metrics.registry.get_sample_value("sidecar_config_reload_failures_total") or 0),
                 "reaped_orphans": self.reaper.reaped_orphans}
 
     def agent_problems(self) -> list[str]:
@@ -148,8 +154,7 @@ class Agent:
             if self.shutdown.running:
                 notes.append("shutdown changed, but the shutdown already runs: kept the old settings")
             else:
-                self.shutdown.config = new.shutdown if self.child is None else dataclasses.replace(
-                    new.shutdown, relay_signal=True)
+                self.shutdown.config = self._shutdown_config(new)
         self.server.token = new.admin.token
         self.server.heartbeat_checks = {s.name for s in new.checks if s.type == "heartbeat"}
         logging.getLogger("agent").setLevel(new.log.level.upper())

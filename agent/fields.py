@@ -9,7 +9,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from agent import units
 
@@ -111,19 +111,10 @@ class Url(Kind):
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         if not isinstance(value, str) or not value:
             raise Invalid(f"expected a URL like {self.schemes[0]}://host/path, got {describe(value)}")
-        # From here on the value may hold a password: messages never repeat it.
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            # urlsplit's message would quote part of the netloc, which may be the start of a password.
-            raise Invalid("not a valid URL (is the port a number? percent-encode '/', '?', '#' and '@' "
-                          "in a password)") from None
+        parts = split_secret_url(value, problems)
         if parts.scheme not in self.schemes or not parts.hostname:
             expected = " or ".join(f"{s}://" for s in self.schemes)
             raise Invalid(f"expected a URL starting with {expected} and naming a host")
-        if parts.password:
-            problems.secrets.add(parts.password)
         return value
 
     def dump(self, value: Any) -> Any:
@@ -131,6 +122,20 @@ class Url(Kind):
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string", "pattern": "^(" + "|".join(map(re.escape, self.schemes)) + ")://"}
+
+
+def split_secret_url(value: str, problems: Problems) -> SplitResult:
+    """Split a URL that may hold a password, recording the password as a secret; messages never repeat it."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        # urlsplit's message would quote part of the netloc, which may be the start of a password.
+        raise Invalid("not a valid URL (is the port a number? percent-encode '/', '?', '#' and '@' "
+                      "in a password)") from None
+    if parts.password:
+        problems.secrets.add(parts.password)
+    return parts
 
 
 def redact_url(url: str) -> str:
@@ -488,10 +493,6 @@ def object_schema(fields: Sequence[Field], *, one_of: Sequence[str] = (),
     if one_of:
         out["oneOf"] = [{"required": [name]} for name in one_of]
     return out
-
-
-def secret_field(name: str, doc: str = "") -> Field:
-    return Field(name, Secret(), default=None, doc=doc)
 
 
 def optional(name: str, kind: Kind, doc: str = "") -> Field:

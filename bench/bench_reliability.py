@@ -57,7 +57,7 @@ for path in (ROOT, HERE):
 from bench_probes import Load, parse_wrk  # noqa: E402
 
 from agent.testing import AgentProcess, run_agent  # noqa: E402
-from tests.reliability.test_faults import Restart, runs, watch_restart  # noqa: E402
+from tests.reliability.test_faults import Restart, every_kind_of_check, runs, watch_restart  # noqa: E402
 from tests.reliability.test_http_robustness import SlowClients  # noqa: E402
 from tests.servers import accepting_port, redis_server  # noqa: E402
 
@@ -332,18 +332,8 @@ def sample(agent: AgentProcess) -> tuple[list[int], list[int]]:
 def long_run(total_runs: int, folder: Path) -> LongRun:
     present = folder / "present"
     present.write_text("x")
-    every = "interval: 20ms, timeout: 1s"
     with http_target() as web, accepting_port() as port, stand_in_app(folder) as (_, marker):
-        config = (f"app: {{match: {{cmdline: '{marker}'}}}}\n"
-                  "checks:\n"
-                  f"  exec: {{type: exec, command: ['true'], {every}}}\n"
-                  f"  http: {{type: http, url: 'http://{HOST}:{web}/', {every}}}\n"
-                  f"  tcp: {{type: tcp, address: '{HOST}:{port}', {every}}}\n"
-                  f"  redis: {{type: redis, url: 'redis://{HOST}:6379/0', reuse_connection: false, {every}}}\n"
-                  f"  postgres: {{type: postgres, dsn: 'postgres://postgres@{HOST}:5432/test', {every}}}\n"
-                  f"  file: {{type: file, path: '{present}', {every}}}\n"
-                  f"  proc: {{type: process, {every}, probes: [liveness]}}\n"
-                  f"  dns: {{type: dns, name: localhost, {every}}}\n")
+        config = every_kind_of_check(marker, f"http://{HOST}:{web}", port, present)
         with run_agent(config) as agent:
             agent.wait_status("/readyz", 200)
             agent.wait_for(lambda: min(runs(agent).values()) >= 20)

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agent.checks import CheckContext, CheckFailure, CheckTimeout, CheckType
-from agent.fields import REDACTED, Bool, Field, Invalid, Kind, Problems, Str, redact_url
+from agent.fields import REDACTED, Bool, Field, Invalid, Kind, Problems, Str, redact_url, split_secret_url
 from agent.units import format_duration, is_loopback_host
 
 _KV = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
@@ -40,15 +40,7 @@ class Dsn(Kind):
         if not isinstance(value, str) or not value.strip():
             raise Invalid(f"expected a DSN like postgres://user@host:5432/db or 'host=db dbname=app', got {type(value).__name__}")
         if value.startswith(("postgres://", "postgresql://")):
-            try:
-                parts = urlsplit(value)
-                parts.port  # noqa: B018 - raises on a bad port
-            except ValueError:
-                # urlsplit's message would quote part of the netloc, which may be the start of a password.
-                raise Invalid("not a valid DSN URL (is the port a number? percent-encode '/', '?', '#' and '@' "
-                              "in a password)") from None
-            if parts.password:
-                problems.secrets.add(parts.password)
+            split_secret_url(value, problems)  # a socket URL may name no host, so not the Url kind
             return value
         try:
             pairs = parse_keyword_dsn(value)

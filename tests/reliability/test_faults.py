@@ -542,22 +542,27 @@ def sample(agent: AgentProcess, count: int = 8) -> tuple[list[int], list[int]]:
     return fds, tasks
 
 
+def every_kind_of_check(marker: str, http_url: str, tcp_port: int, present: pathlib.Path | str,
+                        every: str = "interval: 20ms, timeout: 1s") -> str:
+    """A config running one check of every kind against real local peers (the machine's Redis and PostgreSQL)."""
+    return (f"app: {{match: {{cmdline: '{marker}'}}}}\n"
+            "checks:\n"
+            f"  exec: {{type: exec, command: ['true'], {every}}}\n"
+            f"  http: {{type: http, url: '{http_url}/', {every}}}\n"
+            f"  tcp: {{type: tcp, address: '127.0.0.1:{tcp_port}', {every}}}\n"
+            f"  redis: {{type: redis, url: 'redis://127.0.0.1:6379/0', reuse_connection: false, {every}}}\n"
+            f"  postgres: {{type: postgres, dsn: 'postgres://postgres@127.0.0.1:5432/test', {every}}}\n"
+            f"  file: {{type: file, path: '{present}', {every}}}\n"
+            f"  proc: {{type: process, {every}, probes: [liveness]}}\n"
+            f"  dns: {{type: dns, name: localhost, {every}}}\n")
+
+
 def test_thousands_of_check_runs_keep_fds_and_tasks_steady(apps: list[App], tmp_path: pathlib.Path, http_target: Target,
                                                            accepting: int) -> None:
     app = start_app(apps, tmp_path)
     present = tmp_path / "present"
     present.write_text("x")
-    every = "interval: 20ms, timeout: 1s"
-    config = (f"app: {{match: {{cmdline: '{app.marker}'}}}}\n"
-              "checks:\n"
-              f"  exec: {{type: exec, command: ['true'], {every}}}\n"
-              f"  http: {{type: http, url: '{http_target.url}/', {every}}}\n"
-              f"  tcp: {{type: tcp, address: '127.0.0.1:{accepting}', {every}}}\n"
-              f"  redis: {{type: redis, url: 'redis://127.0.0.1:6379/0', reuse_connection: false, {every}}}\n"
-              f"  postgres: {{type: postgres, dsn: 'postgres://postgres@127.0.0.1:5432/test', {every}}}\n"
-              f"  file: {{type: file, path: '{present}', {every}}}\n"
-              f"  proc: {{type: process, {every}, probes: [liveness]}}\n"
-              f"  dns: {{type: dns, name: localhost, {every}}}\n")
+    config = every_kind_of_check(app.marker, http_target.url, accepting, present)
     with run_agent(config) as agent:
         agent.wait_status("/readyz", 200)
         agent.wait_for(lambda: min(runs(agent).values()) >= 20)
