@@ -133,14 +133,18 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str], command: list[str] 
 
 
 def _run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """asyncio.run without its last step, which waits for every executor thread to finish."""
+    """asyncio.run without its closing steps: the caller ends the process with os._exit right after.
+
+    Closing would wait for no thread, but it would put every signal back to its default action, and a
+    late SIGINT or SIGTERM in the moment before the exit would end the process by that signal instead
+    of with the agent's exit code. Executor threads die with the process.
+    """
     loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(main)
     finally:
         with contextlib.suppress(Exception):
             loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()  # shuts the executors down without waiting
 
 
 def cmd_wait(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -297,11 +297,11 @@ async def serve(config: Config, scrub: Scrubber, command: Sequence[str] | None =
         await agent.shutdown.stopped.wait()
     finally:
         await agent.stop()  # the handlers stay in place meanwhile: a late SIGINT or SIGTERM changes nothing
+        # Straight from the loop's handler to SIG_IGN: the loop's own remove_signal_handler would first restore
+        # the default action, and a SIGINT or SIGTERM landing in that gap kills the process with the wrong code.
+        # The loop keeps its records; the caller exits without closing it (cli._run_loop).
         for signum in handled + forwarded:
-            with contextlib.suppress(ValueError, RuntimeError):
-                loop.remove_signal_handler(signum)
-        for signum in handled:
-            signal.signal(signum, signal.SIG_IGN)  # the process is about to exit with its own code
+            signal.signal(signum, signal.SIG_IGN)
     code = agent.exit_code
     event(log, logging.INFO, "agent stopped" + (f"; exiting with the app's code {code}" if agent.child else ""),
           exit_code=code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -30,10 +31,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.server.delay:
             time.sleep(self.server.delay)
-        self.send_response(self.server.status)
-        self.send_header("Content-Length", str(len(self.server.body)))
-        self.end_headers()
-        self.wfile.write(self.server.body)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a check timed out and hung up first
+            self.send_response(self.server.status)
+            self.send_header("Content-Length", str(len(self.server.body)))
+            self.end_headers()
+            self.wfile.write(self.server.body)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
