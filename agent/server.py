@@ -178,9 +178,10 @@ class ProbeServer:
 
     async def start(self, host: str, port: int) -> None:
         """Bind and serve; `port` 0 picks a free one, readable afterwards from `self.port`."""
-        # Idle keep-alive connections are closed after 15 s; request lines and headers are capped at 8 KiB.
+        # Idle keep-alive connections are closed after 15 s; the request line and each header are capped at
+        # 8 KiB and a request at 128 headers, so one request's head stays under about 1 MiB.
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
-                                    keepalive_timeout=15.0, max_line_size=8190, max_field_size=8190)
+                                    keepalive_timeout=15.0, max_line_size=8190, max_field_size=8190, max_headers=128)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, reuse_address=True, backlog=1024)
         try:

@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.servers import Certs
+
 
 class Target(ThreadingHTTPServer):
     """A real HTTP server on loopback whose answer a test can change."""
@@ -67,3 +69,9 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """Self-signed certificates for the TLS tests, in a folder shared by one test module."""
+    return Certs(tmp_path_factory.mktemp("certs"))

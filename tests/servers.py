@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -23,6 +24,22 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@dataclass
+class Certs:
+    """Self-signed certificates (each its own CA) made with openssl in `folder`."""
+
+    folder: Path
+
+    def make(self, name: str, dns_name: str = "", ip: str = "") -> tuple[Path, Path]:
+        """A certificate for `dns_name` and/or `ip` only: its (key, cert) PEM files."""
+        key, cert = self.folder / f"{name}.key", self.folder / f"{name}.pem"
+        names = ",".join(([f"DNS:{dns_name}"] if dns_name else []) + ([f"IP:{ip}"] if ip else []))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={dns_name or ip}",
+                        "-addext", f"subjectAltName={names}"], check=True, capture_output=True, timeout=60)
+        return key, cert
 
 
 @contextmanager
@@ -68,10 +85,15 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 class RedisServer:
     port: int
     password: str | None
+    tls: tuple[str, str] | None = None  # (key, cert) PEM files: TLS only, on `port`
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        ports = ["--port", str(self.port)]
+        if self.tls:
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-key-file", self.tls[0],
+                     "--tls-cert-file", self.tls[1], "--tls-auth-clients", "no"]
+        command = ["redis-server", *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--daemonize", "no", "--loglevel", "warning"]
         if self.password:
             command += ["--requirepass", self.password]
@@ -103,8 +125,8 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(password: str | None = None) -> Iterator[RedisServer]:
-    server = RedisServer(free_port(), password)
+def redis_server(password: str | None = None, tls: tuple[str, str] | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), password, tls)
     server.start()
     try:
         yield server
@@ -119,6 +141,7 @@ class PostgresCluster:
 
     folder: str
     port: int
+    tls: tuple[Path, Path] | None = None  # (key, cert) PEM files: the server also accepts TLS
 
     @property
     def data(self) -> str:
@@ -132,9 +155,17 @@ class PostgresCluster:
     def init(self) -> None:
         self._as_postgres(_pg("initdb"), "-D", self.data, "-U", "postgres", "--auth-local=trust",
                           "--auth-host=scram-sha-256", "--no-sync")
+        if self.tls:  # the server reads them from its data folder, and only a key no one else can read
+            for source, name in zip(self.tls, ("server.key", "server.crt"), strict=True):
+                target = os.path.join(self.data, name)
+                shutil.copyfile(source, target)
+                os.chmod(target, 0o600)
+                shutil.chown(target, "postgres", "postgres")
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        if self.tls:
+            options += " -c ssl=on -c ssl_key_file=server.key -c ssl_cert_file=server.crt"
         self._as_postgres(_pg("pg_ctl"), "-D", self.data, "-o", options, "-l", os.path.join(self.folder, "log"),
                           "-w", "start")
 
@@ -159,11 +190,11 @@ def _pg(tool: str) -> str:
 
 
 @contextmanager
-def postgres_cluster() -> Iterator[PostgresCluster]:
+def postgres_cluster(tls: tuple[Path, Path] | None = None) -> Iterator[PostgresCluster]:
     folder = tempfile.mkdtemp(prefix="agent-pg-")
     os.chmod(folder, 0o755)
     shutil.chown(folder, "postgres", "postgres")
-    cluster = PostgresCluster(folder, free_port())
+    cluster = PostgresCluster(folder, free_port(), tls)
     try:
         cluster.init()
         cluster.start()

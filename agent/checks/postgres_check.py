@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import re
+import ssl
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from agent.checks import CheckContext, CheckFailure, CheckTimeout, CheckType
 from agent.fields import REDACTED, Bool, Field, Invalid, Kind, Problems, Str, redact_url, split_secret_url
 from agent.units import format_duration, is_loopback_host
 
 _KV = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
-# libpq keyword -> asyncpg.connect() argument
-_KEYWORDS = {"host": "host", "hostaddr": "host", "port": "port", "user": "user", "password": "password",
-             "dbname": "database", "sslmode": "ssl", "connect_timeout": None, "application_name": None}
+# The libpq keywords the check passes on to asyncpg; connect_timeout gives way to the check's own timeout.
+_KEYWORDS = frozenset({"host", "hostaddr", "port", "user", "password", "dbname", "sslmode", "sslrootcert",
+                       "sslcert", "sslkey", "application_name", "connect_timeout"})
 
 
 def parse_keyword_dsn(text: str) -> dict[str, str]:
@@ -72,15 +73,18 @@ def dsn_host(dsn: str) -> str:
 
 
 def connect_arguments(dsn: str) -> dict[str, Any]:
-    """asyncpg.connect() keyword arguments for either DSN form."""
+    """asyncpg.connect() keyword arguments for either DSN form.
+
+    The key=value form becomes a URL whose query carries every keyword, so that asyncpg reads sslmode,
+    sslrootcert, sslcert and sslkey exactly as it does from a URL.
+    """
     if dsn.startswith(("postgres://", "postgresql://")):
         return {"dsn": dsn}
-    args: dict[str, Any] = {}
-    for key, value in parse_keyword_dsn(dsn).items():
-        target = _KEYWORDS[key]
-        if target is not None:
-            args[target] = int(value) if target == "port" else value
-    return args
+    pairs = parse_keyword_dsn(dsn)
+    if "hostaddr" in pairs:  # asyncpg has no hostaddr: the address is where it connects
+        pairs["host"] = pairs.pop("hostaddr")
+    query = {key: value for key, value in pairs.items() if key != "connect_timeout"}
+    return {"dsn": "postgresql://?" + urlencode(query)}
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,9 @@ class PostgresCheck:
             raise CheckFailure(f"query failed: {exc.__class__.__name__}: {exc}") from None
         except ConnectionRefusedError:
             raise CheckFailure(f"connection refused by {self.where}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise CheckFailure(f"TLS certificate of {self.where} not trusted: {exc.verify_message}; is sslrootcert "
+                               "the CA that signed it, and is the host in the certificate?") from None
         except (TimeoutError, asyncpg.exceptions.QueryCanceledError):
             raise CheckTimeout(f"timed out after {format_duration(self.timeout)}") from None
         except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError) as exc:

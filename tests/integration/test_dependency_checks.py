@@ -12,7 +12,8 @@ import pytest
 
 from agent.config import ConfigError, load
 from agent.testing import AgentProcess, run_agent
-from tests.servers import postgres_cluster, redis_server
+from tests.conftest import Target
+from tests.servers import Certs, postgres_cluster, redis_server
 
 
 def one_check(body: str, **common: str) -> str:
@@ -89,6 +90,49 @@ def test_redis_reuses_one_connection_unless_told_not_to(reuse: str, expect_new: 
             assert (opened >= 5) if expect_new else (opened == 0), opened
 
 
+def test_rediss_verifies_the_server_against_ca_file_and_says_why_it_does_not_trust_one(certs: Certs) -> None:
+    key, cert = certs.make("redis", ip="127.0.0.1")
+    _, other = certs.make("redis-other", ip="127.0.0.1")
+    with redis_server(password="tls-pass", tls=(str(key), str(cert))) as server:
+        url = f"rediss://:tls-pass@127.0.0.1:{server.port}"
+        with run_agent(one_check(f"type: redis, url: '{url}', ca_file: '{cert}'")) as agent:
+            agent.wait_status("/readyz", 200)
+            assert message(agent) == "PONG"
+            no_secret(agent, "tls-pass")
+        with run_agent(one_check(f"type: redis, url: '{url}', ca_file: '{other}'")) as agent:
+            agent.wait_status("/readyz", 503, f"TLS certificate of rediss://:<redacted>@127.0.0.1:{server.port} not trusted")
+            assert "is ca_file the CA that signed it" in message(agent)
+            no_secret(agent, "tls-pass")
+        with run_agent(one_check(f"type: redis, url: '{url}', ca_file: '{cert}.missing'")) as agent:
+            agent.wait_status("/readyz", 503, f"cannot read ca_file {cert}.missing: No such file or directory")
+        with run_agent(one_check(f"type: redis, url: '{url}', tls_verify: false")) as agent:
+            agent.wait_status("/readyz", 200)
+        # The same server asked in plain text never answers PONG: TLS is all it speaks on that port.
+        with run_agent(one_check(f"type: redis, url: 'redis://:tls-pass@127.0.0.1:{server.port}'")) as agent:
+            agent.wait_for(lambda: agent.status()["checks"]["dep"]["last_result"] is not None)
+            assert agent.get("/readyz")[0] == 503
+
+
+def test_rediss_against_a_server_without_tls_fails(http_target: Target) -> None:
+    # A plain Redis reads the TLS hello as a partial command and waits for the rest: the run times out.
+    with redis_server() as server, run_agent(one_check(f"type: redis, url: 'rediss://127.0.0.1:{server.port}'")) as agent:
+        agent.wait_status("/readyz", 503, "timed out after 500ms")
+    # A server that answers in plain text (here HTTP's 400) fails the handshake, and the reason says so.
+    port = http_target.server_address[1]
+    with run_agent(one_check(f"type: redis, url: 'rediss://127.0.0.1:{port}'")) as agent:
+        agent.wait_status("/readyz", 503, f"TLS handshake with rediss://127.0.0.1:{port} failed")
+        assert "does the server speak TLS" in message(agent)
+
+
+@pytest.mark.parametrize(("keys", "error"), [
+    ("url: 'redis://127.0.0.1:6379', ca_file: /etc/ssl/ca.pem", "ca_file applies only to TLS"),
+    ("url: 'rediss://127.0.0.1:6379', ca_file: /etc/ssl/ca.pem, tls_verify: false", "ca_file has no use"),
+])
+def test_redis_tls_options_that_contradict_the_url_are_refused(keys: str, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load(one_check(f"type: redis, {keys}"), {})
+
+
 # --- postgres ---------------------------------------------------------------------------------------
 
 
@@ -147,6 +191,25 @@ def test_postgres_sslmode_require_fails_clearly_on_a_server_without_tls() -> Non
         with run_agent(one_check(f"type: postgres, dsn: '{dsn}'")) as agent:
             text = agent.wait_for(lambda: message(agent))
             assert "ssl" in text.lower() and agent.get("/readyz")[0] == 503, text
+
+
+def test_postgres_over_tls_verifies_the_server_with_sslrootcert_in_either_dsn_form(certs: Certs) -> None:
+    key, cert = certs.make("postgres", ip="127.0.0.1")
+    _, other = certs.make("postgres-other", ip="127.0.0.1")
+    with postgres_cluster(tls=(key, cert)) as pg:
+        # The query asks the server itself whether this session is encrypted.
+        query = "query: 'SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'"
+        url = f"postgres://checker:right-pass@127.0.0.1:{pg.port}/postgres?sslmode=verify-full&sslrootcert={cert}"
+        pairs = f"host=127.0.0.1 port={pg.port} user=checker password=right-pass dbname=postgres sslmode=verify-full"
+        for dsn in (url, f"{pairs} sslrootcert={cert} connect_timeout=3"):
+            with run_agent(one_check(f"type: postgres, dsn: '{dsn}', {query}")) as agent:
+                agent.wait_status("/readyz", 200)
+                assert message(agent).endswith("-> True"), message(agent)
+                no_secret(agent, "right-pass")
+        with run_agent(one_check(f"type: postgres, dsn: '{pairs} sslrootcert={other}'")) as agent:
+            agent.wait_status("/readyz", 503, "TLS certificate of 127.0.0.1 not trusted")
+            assert "is sslrootcert the CA that signed it" in message(agent)
+            no_secret(agent, "right-pass")
 
 
 @pytest.mark.parametrize("reuse", ["true", "false"])

@@ -12,7 +12,7 @@ import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import yaml
 
 from agent.config import ConfigError, load
 from agent.testing import AgentProcess, run_agent
+from tests.servers import Certs
 
 grpc = pytest.importorskip("grpc", reason="the grpc extra is not installed: pip install -e '.[grpc]'")
 health = pytest.importorskip("grpc_health.v1.health")
@@ -154,25 +155,6 @@ def proxy() -> Iterator[Callable[[int], CountingProxy]]:
     yield make
     for one in made:
         one.close()
-
-
-@dataclass
-class Certs:
-    folder: Path
-    files: dict[str, tuple[Path, Path]] = field(default_factory=dict)
-
-    def make(self, name: str, dns_name: str) -> tuple[Path, Path]:
-        """A self-signed certificate (its own CA) for `dns_name` only: (key, cert) PEM files."""
-        key, cert = self.folder / f"{name}.key", self.folder / f"{name}.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={dns_name}",
-                        "-addext", f"subjectAltName=DNS:{dns_name}"], check=True, capture_output=True, timeout=60)
-        return key, cert
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return Certs(tmp_path_factory.mktemp("certs"))
 
 
 def agent_config(**checks: dict[str, Any]) -> str:
