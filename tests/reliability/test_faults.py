@@ -15,6 +15,7 @@ import contextlib
 import http.client
 import os
 import pathlib
+import random
 import re
 import signal
 import socket
@@ -381,13 +382,13 @@ def hung_resolver() -> Iterator[list[str]]:
     if not private_mounts_work():
         pytest.skip("cannot bind-mount over /etc/resolv.conf in a private mount namespace here (needs root and unshare)")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent, tempfile.TemporaryDirectory() as folder:
-        try:
-            silent.bind(("127.0.0.77", 53))  # bound, so no ICMP unreachable comes back: queries just vanish
-        except OSError as exc:
-            pytest.skip(f"cannot bind a silent nameserver on 127.0.0.77:53: {exc}")
+        # Bound, so no ICMP unreachable comes back: queries just vanish. resolv.conf takes no port, so the
+        # address is a random one of 127/8, which two test runs side by side do not share.
+        address = f"127.77.{random.randrange(256)}.{random.randrange(1, 255)}"
+        silent.bind((address, 53))
         hosts, resolv = os.path.join(folder, "hosts"), os.path.join(folder, "resolv.conf")
         pathlib.Path(hosts).write_text("127.0.0.1 localhost\n")
-        pathlib.Path(resolv).write_text("nameserver 127.0.0.77\noptions timeout:30 attempts:5\n")
+        pathlib.Path(resolv).write_text(f"nameserver {address}\noptions timeout:30 attempts:5\n")
         script = 'mount --bind "$0" /etc/hosts && mount --bind "$1" /etc/resolv.conf && shift && exec "$@"'
         yield ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, hosts, resolv]
 
