@@ -83,8 +83,9 @@ def connect_arguments(dsn: str) -> dict[str, Any]:
     pairs = parse_keyword_dsn(dsn)
     if "hostaddr" in pairs:  # asyncpg has no hostaddr: the address is where it connects
         pairs["host"] = pairs.pop("hostaddr")
+    password = pairs.pop("password", None)  # an argument of its own: never part of a string a library may quote
     query = {key: value for key, value in pairs.items() if key != "connect_timeout"}
-    return {"dsn": "postgresql://?" + urlencode(query)}
+    return {"dsn": "postgresql://?" + urlencode(query), "password": password}
 
 
 @dataclass(frozen=True)
