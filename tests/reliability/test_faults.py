@@ -403,6 +403,8 @@ def hung_config(app: App, present: pathlib.Path, dependency: str) -> str:
 
 def assert_the_others_keep_running(agent: AgentProcess, seconds: float) -> None:
     """For `seconds`: the process and file checks keep passing (and running) and liveness keeps answering 200."""
+    # Startup waits for the process check only: the file check's first result may still be on its way.
+    agent.wait_for(lambda: all(agent.status()["checks"][name]["state"] == "passing" for name in ("proc", "file")))
     before = runs(agent)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
