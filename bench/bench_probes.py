@@ -46,6 +46,11 @@ import aiohttp
 import psutil
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # for tests.servers, when run as bench/bench_probes.py
+
+from tests.servers import free_port  # noqa: E402
+
 HOST = "127.0.0.1"
 MIB = 1024 * 1024
 SERVING_AGENT = re.compile(r"serving probes on (\S+):(\d+)")
@@ -62,14 +67,6 @@ HANGING, PASSING = 50, 150
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """A port that was free a moment ago: for the start-time runs, whose poller must know the port before any log."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- helpers the checks talk to --------------------------------------------------------------------------------
@@ -354,7 +351,7 @@ def answered_200(port: int) -> bool:
 
 def time_to_first_probe(command_for: Callable[[int], list[str]], limit: float = 10.0) -> float:
     """Seconds from Popen to the first /livez answered 200, polling every 5 ms; the process is stopped after."""
-    port = free_port()
+    port = free_port()  # chosen here: the start-time poller must know the port before the agent logs it
     start = time.perf_counter()
     proc = subprocess.Popen(command_for(port), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=HERE.parent)
     try:

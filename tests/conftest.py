@@ -64,13 +64,6 @@ def listener() -> Iterator[socket.socket]:
     sock.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """Self-signed certificates for the TLS tests, in a folder shared by one test module."""

@@ -33,7 +33,7 @@ import pytest
 
 from agent.testing import AgentProcess, http_request, run_agent
 from tests.conftest import Target
-from tests.servers import accepting_port
+from tests.servers import accepting_port, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STAND_IN_APP = str(ROOT / "tests" / "apps" / "app.py")
@@ -261,9 +261,7 @@ def test_the_agent_killed_and_restarted_rediscovers_the_app_and_answers_livez_th
                       "checks:\n"
                       "  proc: {type: process, interval: 1s, probes: [liveness, readiness, startup]}\n"
                       f"  web: {{type: http, url: '{http_target.url}/healthz', interval: 1s, probes: [readiness]}}\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     restarts: list[Restart] = []
     proc: subprocess.Popen[bytes] | None = None
     try:
@@ -393,12 +391,24 @@ def hung_resolver() -> Iterator[list[str]]:
         yield ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, hosts, resolv]
 
 
-def hung_config(app: App, present: pathlib.Path, dependency: str) -> str:
-    return (f"app: {{match: {{cmdline: '{app.marker}'}}}}\n"
-            "checks:\n"
-            "  proc: {type: process, interval: 200ms, timeout: 1s, failure_threshold: 3, probes: [liveness, startup]}\n"
-            f"  file: {{type: file, path: '{present}', interval: 200ms, timeout: 1s, failure_threshold: 3}}\n"
-            f"  dep: {{{dependency}, interval: 200ms, timeout: 200ms}}\n")
+@contextlib.contextmanager
+def beside_a_hung_lookup(apps: list[App], tmp_path: pathlib.Path, dependency: str) -> Iterator[AgentProcess]:
+    """The agent watching a stand-in app, with a process check, a file check and `dependency`, resolving through
+    the hung resolver; started, and killed at the end (it would not exit before the lookup gives up)."""
+    app = start_app(apps, tmp_path)
+    present = tmp_path / "present"
+    present.write_text("x")
+    config = (f"app: {{match: {{cmdline: '{app.marker}'}}}}\n"
+              "checks:\n"
+              "  proc: {type: process, interval: 200ms, timeout: 1s, failure_threshold: 3, probes: [liveness, startup]}\n"
+              f"  file: {{type: file, path: '{present}', interval: 200ms, timeout: 1s, failure_threshold: 3}}\n"
+              f"  dep: {{{dependency}, interval: 200ms, timeout: 200ms}}\n")
+    with hung_resolver() as prefix, run_agent(config, prefix=prefix) as agent:
+        try:
+            agent.wait_status("/startupz", 200)
+            yield agent
+        finally:
+            kill_now(agent)
 
 
 def assert_the_others_keep_running(agent: AgentProcess, seconds: float) -> None:
@@ -419,32 +429,18 @@ def assert_the_others_keep_running(agent: AgentProcess, seconds: float) -> None:
 
 
 def test_a_dns_check_whose_lookup_hangs_forever_blocks_only_itself(apps: list[App], tmp_path: pathlib.Path) -> None:
-    app = start_app(apps, tmp_path)
-    present = tmp_path / "present"
-    present.write_text("x")
-    with hung_resolver() as prefix, run_agent(hung_config(app, present, "type: dns, name: dep.hang.example"),
-                                               prefix=prefix) as agent:
-        agent.wait_status("/startupz", 200)
+    with beside_a_hung_lookup(apps, tmp_path, "type: dns, name: dep.hang.example") as agent:
         agent.wait_status("/readyz", 503, "[-]dep failed: timed out after 200ms")
         threads_before = len(os.listdir(f"/proc/{agent.proc.pid}/task"))
         assert_the_others_keep_running(agent, 6.0)
         assert len(os.listdir(f"/proc/{agent.proc.pid}/task")) <= threads_before + 1  # one lookup at a time
         assert agent.get("/agent/livez") == (200, "ok\n")
         assert poller_restarts(agent) == 0
-        kill_now(agent)  # it would not exit before the lookup gives up: see the test after next
 
 
 def test_a_tcp_check_of_a_hostname_whose_lookup_hangs_blocks_only_itself(apps: list[App], tmp_path: pathlib.Path) -> None:
-    app = start_app(apps, tmp_path)
-    present = tmp_path / "present"
-    present.write_text("x")
-    with hung_resolver() as prefix, run_agent(hung_config(app, present, "type: tcp, address: 'dep.hang.example:5432'"),
-                                               prefix=prefix) as agent:
-        agent.wait_status("/startupz", 200)
-        try:
-            assert_the_others_keep_running(agent, 10.0)
-        finally:
-            kill_now(agent)
+    with beside_a_hung_lookup(apps, tmp_path, "type: tcp, address: 'dep.hang.example:5432'") as agent:
+        assert_the_others_keep_running(agent, 10.0)
 
 
 def test_the_agent_exits_promptly_on_sigterm_while_a_lookup_hangs() -> None:

@@ -26,7 +26,7 @@ import pytest
 from agent.testing import AgentProcess, http_request, run_agent
 from tests.conftest import Target
 from tests.reliability.test_faults import own_address
-from tests.servers import PostgresCluster, RedisServer, postgres_cluster, redis_server
+from tests.servers import PostgresCluster, RedisServer, free_port, postgres_cluster, redis_server
 
 SECRETS = {
     "http URL password": "WebUrlPass-7f3a91",
@@ -245,9 +245,7 @@ def test_a_url_whose_password_is_not_escaped_is_refused_without_printing_it(tmp_
 def test_a_short_secret_does_not_destroy_the_log_structure(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "agent.yaml"
     path.write_text("shutdown: {drain_delay: 100ms}\nchecks: {cache: {type: redis, url: 'redis://:e@127.0.0.1:1/0', interval: 100ms}}\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(path), "--listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
