@@ -59,7 +59,6 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in (
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "result": tuple(o.value for o in Outcome),
     "probe": tuple(UNKNOWN_PASSES),
-    "code": ("200", "503"),
     "phase": tuple(p.value for p in Phase),
     "outcome": SHUTDOWN_OUTCOMES,
 }

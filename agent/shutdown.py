@@ -1,7 +1,7 @@
 """The graceful-shutdown sequence: fail readiness, drain, relay the stop signal, kill at the timeout.
 
 One sequence per agent, started by the first trigger (SIGTERM, SIGINT, /prestop, /quitquitquit,
-the app's own exit); later triggers join it. The numbered steps match the README.
+the app's own exit); later triggers join it. The numbered steps match docs/shutdown.md.
 """
 
 from __future__ import annotations
