@@ -17,7 +17,7 @@ import yaml
 
 from agent import checks
 from agent.checks import CheckType
-from agent.config import COMMON, TOP, load
+from agent.config import COMMON, DEFAULT_CONFIG, TOP, load
 from agent.fields import Bool, Duration, Field, Problems, Str, parse_mapping
 from agent.lint import lint_paths
 from agent.lint.findings import ERROR, RULES, Rule
@@ -70,6 +70,12 @@ def test_every_config_key_has_a_description() -> None:
 
     every = [*TOP, *COMMON, *(f for t in checks.type_names() for f in checks.load_type(t).fields)]
     assert undocumented(every) == []
+
+
+def test_the_configuration_page_shows_the_embedded_default_and_examples_that_load() -> None:
+    blocks = fenced(CONFIGURATION, "yaml")
+    assert blocks[0] == DEFAULT_CONFIG
+    assert [len(load(block, {}).checks) for block in blocks] == [0, 4]
 
 
 def test_the_committed_pages_match_the_generator() -> None:
