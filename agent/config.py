@@ -32,10 +32,11 @@ from agent.fields import (
     optional,
     parse_mapping,
 )
+from agent.probes import NAMES as PROBE_NAMES
+from agent.probes import Probe
 
 __all__ = ["DEFAULT_CONFIG", "CheckSpec", "Config", "ConfigError", "dump", "json_schema", "load"]
 
-PROBES = ("liveness", "readiness", "startup")
 CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_CONFIG = """\
 # The embedded default: serve on every interface, no checks, so alive and ready at once.
@@ -163,7 +164,7 @@ AGENT = Section([
 ], AgentLimits)
 COMMON = (
     Field("type", Enum(checks.type_names())),
-    Field("probes", ListOf(Enum(PROBES), unique=True),
+    Field("probes", ListOf(Enum(PROBE_NAMES), unique=True),
           ("readiness",), "which probes this check feeds; [] feeds only metrics and /status"),
     Field("interval", Duration(positive=True), 10.0),
     Field("timeout", Duration(positive=True), 1.0),
@@ -363,7 +364,7 @@ def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSp
         problems.add(path, error)
         return None
     probes = values["probes"]
-    if "liveness" in probes and not values["allow_in_liveness"] and check_type.is_dependency(params):
+    if Probe.LIVENESS in probes and not values["allow_in_liveness"] and check_type.is_dependency(params):
         problems.add(join(path, "probes"),
                      f"a {type_name} check of a dependency under liveness restarts the app whenever the dependency "
                      "blips (a restart storm); keep it in readiness, or set allow_in_liveness: true")

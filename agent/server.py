@@ -15,9 +15,9 @@ from aiohttp import web
 from agent.health import Answer, Health
 from agent.logs import event
 from agent.metrics import Metrics
+from agent.probes import Probe
 
 log = logging.getLogger("agent.server")
-PROBE_PATHS = {"livez": "liveness", "readyz": "readiness", "startupz": "startup"}
 TEXT = "text/plain"
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
@@ -61,9 +61,9 @@ class ProbeServer:
         self.port: int | None = None
 
     def _routes(self, router: web.UrlDispatcher) -> None:
-        for path, probe in PROBE_PATHS.items():
-            router.add_get(f"/{path}", self._probe_handler(probe))
-            router.add_get(f"/{path}/{{name}}", self._one_handler(probe))
+        for probe in Probe:
+            router.add_get(f"/{probe.path}", self._probe_handler(probe))
+            router.add_get(f"/{probe.path}/{{name}}", self._one_handler(probe))
         router.add_get("/agent/livez", self.agent_livez)
         router.add_get("/agent/readyz", self.agent_readyz)
         router.add_get("/status", self.get_status)
