@@ -20,6 +20,7 @@ import yaml
 
 from agent import __version__, logs, threads
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
+from agent.probes import Probe
 from agent.units import parse_address, parse_duration
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -42,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     exe.add_argument("--listen", help="address to serve on, overriding the config (default: $SIDECAR_AGENT_LISTEN)")
     exe.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]", help="the app to run")
     wait = sub.add_parser("wait", help="block until the agent reports ready; exit 1 on timeout")
-    wait.add_argument("--url", default="http://127.0.0.1:8686/readyz", help="readiness URL (default: %(default)s)")
+    wait.add_argument("--url", default=f"http://127.0.0.1:8686/{Probe.READINESS.path}",
+                      help="readiness URL; one without a path means that agent's /readyz (default: %(default)s)")
     wait.add_argument("--timeout", default="60s", help="give up after this long (default: %(default)s)")
     check = sub.add_parser("check-config", help="validate a config and print it normalised, secrets redacted")
     check.add_argument("file")
