@@ -22,10 +22,17 @@ TEXT = "text/plain"
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
+class PrestopWait(Protocol):
+    """What /prestop needs of the shutdown sequence (agent.shutdown.Shutdown)."""
+
+    async def wait_for_prestop(self) -> str: ...
+
+
 class Controls(Protocol):
     """What the admin endpoints may ask of the agent."""
 
-    shutdown: Any  # agent.shutdown.Shutdown
+    @property
+    def shutdown(self) -> PrestopWait: ...
 
     def trigger(self, reason: str) -> None: ...
 
@@ -155,9 +162,7 @@ class ProbeServer:
     async def prestop(self, request: web.Request) -> web.Response:
         """Start the sequence and hold the kubelet's preStop hook until the app is stopped (or the drain is over)."""
         self.controls.trigger("GET /prestop")
-        shutdown = self.controls.shutdown
-        await (shutdown.stopped.wait() if shutdown.config.relay_signal else shutdown.drained.wait())
-        outcome = shutdown.report.outcome or "drained"
+        outcome = await self.controls.shutdown.wait_for_prestop()
         return web.Response(text=f"shutdown: {outcome}\n", content_type=TEXT)
 
     async def quitquitquit(self, request: web.Request) -> web.Response:
@@ -189,10 +194,8 @@ class ProbeServer:
         except BaseException:
             await self.runner.cleanup()
             raise
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        addresses = self.runner.addresses  # (host, port) or, for IPv6, (host, port, flowinfo, scope_id)
+        self.port = int(addresses[0][1]) if addresses else port
         event(log, logging.INFO, f"serving probes on {host}:{self.port}", listen=f"{host}:{self.port}")
 
     async def close(self) -> None:
