@@ -12,6 +12,7 @@ import yaml
 
 from agent import checks
 from agent.fields import (
+    ENV_VAR,
     Address,
     Bool,
     ConfigError,
@@ -215,9 +216,6 @@ def _construct_object(loader: _Loader, node: yaml.Node, deep: bool = False) -> A
 
 _Loader.construct_object = _construct_object  # type: ignore[method-assign,assignment]
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
 def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,
             done: dict[int, Any] | None = None) -> Any:
     """Expand ${VAR} and ${VAR:-default} in every string value; `$$` is a literal `$`.
@@ -251,7 +249,7 @@ def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,
         problems.add(path, f"environment variable {name} is not set (write ${{{name}:-default}} to give a default)")
         return ""
 
-    return _VAR.sub(substitute, value)
+    return ENV_VAR.sub(substitute, value)
 
 
 def parse_yaml(data: bytes | str) -> Any:

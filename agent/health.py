@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from agent.config import CheckSpec
 from agent.phases import Lifecycle, Phase
 from agent.probes import Probe, named
-from agent.units import format_duration
+from agent.units import format_duration, one_line
 
 MAX_BODY = 10 * 1024  # the kubelet reads at most 10 KiB of a probe's body
 MAX_REASON = 300
@@ -207,7 +207,7 @@ class Health:
             passing, reason = self.states[name].verdict(now, slack)
             ok = kind.initial if passing is None else passing
             lines.append((ok, f"[+]{name} ok" if ok and reason == "ok" else
-                          f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed'}: {_clip(reason)}"))
+                          f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed'}: {one_line(reason, MAX_REASON)}"))
         ok = all(line_ok for line_ok, _ in lines)
         note = ""
         if kind is Probe.LIVENESS and not self.startup_done:
@@ -243,12 +243,7 @@ class Health:
         ok = kind.initial if passing is None else passing
         if ok:
             return Answer(200, "ok\n")
-        return Answer(503, f"[-]{name} failed: {_clip(reason)}\n{kind.path} check failed\n")
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+        return Answer(503, f"[-]{name} failed: {one_line(reason, MAX_REASON)}\n{kind.path} check failed\n")
 
 
 def _fit(body: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import time
@@ -16,6 +15,7 @@ from agent.health import Answer, Health
 from agent.logs import event
 from agent.metrics import Metrics
 from agent.probes import Probe
+from agent.units import is_loopback_host
 
 log = logging.getLogger("agent.server")
 TEXT = "text/plain"
@@ -39,17 +39,6 @@ class Controls(Protocol):
     def set_drained(self, drained: bool) -> None: ...
 
     async def reload(self, source: str) -> tuple[bool, str]: ...
-
-
-def is_loopback(remote: str | None) -> bool:
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote.split("%")[0])
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 class ProbeServer:
@@ -142,7 +131,7 @@ class ProbeServer:
 
     def refuse(self, request: web.Request) -> web.Response | None:
         """None when the caller may use admin calls: from loopback, or with the configured bearer token."""
-        if is_loopback(request.remote):
+        if is_loopback_host(request.remote):
             return None
         where = f"{request.method} {request.path} from {request.remote}"
         if self.token is None:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from agent import __version__
 from agent.app import AppMonitor
 from agent.health import CheckState, Health
 from agent.probes import Probe
+from agent.units import format_time
 
 
 def iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+    return None if epoch is None else format_time(epoch)
 
 
 def check_document(state: CheckState, now: float, slack: float = 0.0) -> dict[str, Any]:
