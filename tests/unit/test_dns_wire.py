@@ -13,14 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.checks.dns_wire import (
-    MalformedMessage,
-    Message,
-    answers_question,
-    encode_name,
-    encode_query,
-    parse_message,
-)
+from agent.checks.dns_wire import MalformedMessage, Message, answers_question, encode_name, encode_query, parse_message
 from tests.dns_messages import AAAA, CNAME, MX, SRV, TXT, A, compressed_answer, header, pointer, record, wire
 
 
