@@ -12,6 +12,7 @@ import yaml
 
 from agent import checks
 from agent.fields import (
+    ENV_VAR,
     Address,
     Bool,
     ConfigError,
@@ -32,10 +33,11 @@ from agent.fields import (
     optional,
     parse_mapping,
 )
+from agent.probes import NAMES as PROBE_NAMES
+from agent.probes import Probe
 
 __all__ = ["DEFAULT_CONFIG", "CheckSpec", "Config", "ConfigError", "dump", "json_schema", "load"]
 
-PROBES = ("liveness", "readiness", "startup")
 CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_CONFIG = """\
 # The embedded default: serve on every interface, no checks, so alive and ready at once.
@@ -169,7 +171,7 @@ AGENT = Section([
 ], AgentLimits)
 COMMON = (
     Field("type", Enum(checks.type_names()), doc="the check type: a built-in one or a plug-in's"),
-    Field("probes", ListOf(Enum(PROBES), unique=True),
+    Field("probes", ListOf(Enum(PROBE_NAMES), unique=True),
           ("readiness",), "which probes this check feeds; [] feeds only metrics and /status"),
     Field("interval", Duration(positive=True), 10.0, "time between runs"),
     Field("timeout", Duration(positive=True), 1.0, "a run that takes longer is cancelled and counts as a timeout"),
@@ -220,9 +222,6 @@ def _construct_object(loader: _Loader, node: yaml.Node, deep: bool = False) -> A
 
 _Loader.construct_object = _construct_object  # type: ignore[method-assign,assignment]
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
 def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,
             done: dict[int, Any] | None = None) -> Any:
     """Expand ${VAR} and ${VAR:-default} in every string value; `$$` is a literal `$`.
@@ -256,7 +255,7 @@ def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,
         problems.add(path, f"environment variable {name} is not set (write ${{{name}:-default}} to give a default)")
         return ""
 
-    return _VAR.sub(substitute, value)
+    return ENV_VAR.sub(substitute, value)
 
 
 def parse_yaml(data: bytes | str) -> Any:
@@ -369,7 +368,7 @@ def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSp
         problems.add(path, error)
         return None
     probes = values["probes"]
-    if "liveness" in probes and not values["allow_in_liveness"] and check_type.is_dependency(params):
+    if Probe.LIVENESS in probes and not values["allow_in_liveness"] and check_type.is_dependency(params):
         problems.add(join(path, "probes"),
                      f"a {type_name} check of a dependency under liveness restarts the app whenever the dependency "
                      "blips (a restart storm); keep it in readiness, or set allow_in_liveness: true")

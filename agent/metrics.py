@@ -12,8 +12,9 @@ from prometheus_client.exposition import choose_encoder
 
 from agent.app import AppMonitor
 from agent.config import CheckSpec
-from agent.health import UNKNOWN_PASSES, Health, Outcome, Result
+from agent.health import Health, Outcome, Result
 from agent.phases import Phase
+from agent.probes import Probe
 
 SHUTDOWN_OUTCOMES = ("exited", "killed", "gone", "denied", "no_app", "not_relayed")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -58,7 +59,7 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in (
 # The values a label can take, where the agent fixes them (for the docs; `check` and `type` come from the config).
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "result": tuple(o.value for o in Outcome),
-    "probe": tuple(UNKNOWN_PASSES),
+    "probe": tuple(p.value for p in Probe),
     "phase": tuple(p.value for p in Phase),
     "outcome": SHUTDOWN_OUTCOMES,
 }
@@ -91,7 +92,7 @@ class StateCollector:
             up.add_metric([state.spec.name, state.spec.type], 1.0 if state.verdict(now, slack)[0] is True else 0.0)
         yield up
         probe = _family("sidecar_probe_up")
-        for name in UNKNOWN_PASSES:
+        for name in Probe:
             probe.add_metric([name], 1.0 if self.health.answer(name, now).status == 200 else 0.0)
         yield probe
         phase = _family("sidecar_phase")
@@ -137,8 +138,8 @@ class Metrics:
         for outcome in SHUTDOWN_OUTCOMES:
             self.shutdowns.labels(outcome)
         self._init_children(health.specs)
-        self._probe_children = {(p, code): self.probe_requests.labels(p, str(code))
-                                for p in UNKNOWN_PASSES for code in (200, 503)}
+        self._probe_children: dict[tuple[str, int], Counter] = {(p, code): self.probe_requests.labels(p, str(code))
+                                for p in Probe for code in (200, 503)}
         r.register(StateCollector(health, app, clock))
         ProcessCollector(registry=r)
 

@@ -93,6 +93,12 @@ class Shutdown:
         self._started_at = self.clock()
         self.task = asyncio.create_task(self._sequence(reason, app_gone), name="shutdown")
 
+    async def wait_for_prestop(self) -> str:
+        """Hold a preStop hook until the app is stopped (or, when the signal is not relayed, the drain is over);
+        the sequence's outcome."""
+        await (self.stopped.wait() if self.config.relay_signal else self.drained.wait())
+        return self.report.outcome or "drained"
+
     def skip_waits(self) -> None:
         if not self.hurry.is_set():
             event(log, logging.WARNING, "skipping the remaining shutdown waits")
