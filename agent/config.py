@@ -8,8 +8,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from agent import checks
 from agent.fields import (
     Address,
@@ -32,6 +30,7 @@ from agent.fields import (
     optional,
     parse_mapping,
 )
+from agent.yamlread import YamlError, read_document
 
 __all__ = ["DEFAULT_CONFIG", "CheckSpec", "Config", "ConfigError", "dump", "json_schema", "load"]
 
@@ -182,38 +181,6 @@ TOP = (
 )
 
 
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate keys, which PyYAML would silently collapse."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    out: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, (str, int, float, bool)) or key is None:
-            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain string", key_node.start_mark)
-        key = str(key)
-        if key in out:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}' (YAML would keep only the last one)", key_node.start_mark)
-        out[key] = loader.construct_object(value_node, deep=True)
-    return out
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _construct_object(loader: _Loader, node: yaml.Node, deep: bool = False) -> Any:
-    """PyYAML raises plain ValueError for some scalars (2001-13-45, an int of 5000 digits): give them a line."""
-    try:
-        return yaml.SafeLoader.construct_object(loader, node, deep=deep)
-    except (ValueError, OverflowError) as exc:
-        raise yaml.constructor.ConstructorError(None, None, f"cannot read this value: {exc}", node.start_mark) from None
-
-
-_Loader.construct_object = _construct_object  # type: ignore[method-assign,assignment]
-
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -254,28 +221,11 @@ def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,
 
 
 def parse_yaml(data: bytes | str) -> Any:
-    """The YAML document, or a ConfigError naming the line."""
-    if isinstance(data, bytes):
-        raw = data
-        try:
-            data = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad, line = raw[exc.start:exc.start + 1], raw.count(b"\n", 0, exc.start) + 1
-            raise ConfigError([("", f"line {line}: the file is not valid UTF-8 (byte {exc.start}: {bad!r})")]) from None
+    """The YAML document (plain dicts and lists), or a ConfigError naming the line."""
     try:
-        docs = list(yaml.load_all(data, Loader=_Loader))
-    except yaml.reader.ReaderError as exc:
-        line = str(data).count("\n", 0, exc.position) + 1
-        raise ConfigError([("", f"line {line}: character {exc.character!r} is not allowed in YAML")]) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError([("", f"{where}{exc.problem or exc}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([("", f"not valid YAML: {exc}")]) from None
-    if len(docs) > 1:
-        raise ConfigError([("", "expected one YAML document, found several (remove the extra '---')")])
-    return docs[0] if docs else None
+        return read_document(data, lines=False)
+    except YamlError as exc:
+        raise ConfigError([("", str(exc))]) from None
 
 
 def load(data: bytes | str, env: Mapping[str, str], *, app_is_child: bool = False) -> Config:
