@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import checks
+from agent.checkapi import CheckSpec
 from agent.fields import (
     Address,
     Bool,
@@ -16,6 +17,7 @@ from agent.fields import (
     Duration,
     Enum,
     Field,
+    Kind,
     ListOf,
     Number,
     Problems,
@@ -98,25 +100,6 @@ class ShutdownConfig:
 
 
 @dataclass(frozen=True)
-class CheckSpec:
-    name: str
-    type: str
-    probes: tuple[str, ...]
-    interval: float
-    timeout: float
-    initial_delay: float
-    failure_threshold: int
-    success_threshold: int
-    allow_in_liveness: bool
-    params: Any
-
-    @property
-    def stale_after(self) -> float:
-        """A result older than this counts as failing: interval + timeout + interval."""
-        return 2 * self.interval + self.timeout
-
-
-@dataclass(frozen=True)
 class AgentLimits:
     max_loop_lag: float = 2.0
     max_concurrent_exec: int = 8
@@ -128,13 +111,23 @@ class Config:
     log: LogConfig = LogConfig()
     admin: AdminConfig = AdminConfig()
     app: AppConfig = AppConfig()
-    checks: tuple[CheckSpec, ...] = ()
+    checks: tuple[CheckSpec[object], ...] = ()
     shutdown: ShutdownConfig = ShutdownConfig()
     agent: AgentLimits = AgentLimits()
     secrets: frozenset[str] = frozenset()
 
-    def check(self, name: str) -> CheckSpec | None:
+    def check(self, name: str) -> CheckSpec[object] | None:
         return next((c for c in self.checks if c.name == name), None)
+
+
+class CheckTypeName(Kind):
+    """The `type` of a check: a name the registry knows, asked when first needed (not at import)."""
+
+    def parse(self, value: Any, path: str, problems: Problems) -> Any:
+        return Enum(checks.type_names()).parse(value, path, problems)
+
+    def schema(self) -> dict[str, Any]:
+        return Enum(checks.type_names()).schema()
 
 
 LOG = Section([Field("level", Enum(["debug", "info", "warning", "error"], ignore_case=True), "info"),
@@ -161,7 +154,7 @@ AGENT = Section([
     Field("max_concurrent_exec", Number(integer=True, minimum=1, maximum=256), 8, "exec checks running at once"),
 ], AgentLimits)
 COMMON = (
-    Field("type", Enum(checks.type_names())),
+    Field("type", CheckTypeName()),
     Field("probes", ListOf(Enum(PROBES), unique=True),
           ("readiness",), "which probes this check feeds; [] feeds only metrics and /status"),
     Field("interval", Duration(positive=True), 10.0),
@@ -265,7 +258,7 @@ def load(data: bytes | str, env: Mapping[str, str], *, app_is_child: bool = Fals
                   secrets=frozenset(s for s in problems.secrets if s))
 
 
-def _parse_checks(raw: Any, app: AppConfig, app_is_child: bool, problems: Problems) -> list[CheckSpec]:
+def _parse_checks(raw: Any, app: AppConfig, app_is_child: bool, problems: Problems) -> list[CheckSpec[object]]:
     if raw is None:
         return []
     if not isinstance(raw, dict):
@@ -286,7 +279,7 @@ def _parse_checks(raw: Any, app: AppConfig, app_is_child: bool, problems: Proble
     return specs
 
 
-def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSpec | None:
+def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSpec[object] | None:
     if not isinstance(body, dict):
         problems.add(path, f"expected a mapping with at least 'type', got {describe(body)}")
         return None

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.checks import CheckContext, CheckFailure, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType
 from agent.fields import Address, Bool, Enum, Field, Invalid, Problems, Str, optional
 from agent.units import format_address, parse_address
 
@@ -491,7 +491,7 @@ def _validate(params: Params) -> str | None:
     return None
 
 
-def _create(spec: Any, ctx: CheckContext) -> DnsCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> DnsCheck:
     return DnsCheck(spec.params, spec.timeout)
 
 
