@@ -7,7 +7,7 @@ YamlError that says where it is. Mappings may be Nodes, which remember their own
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ import yaml
 
 __all__ = ["Document", "Node", "YamlError", "line_of", "read_document", "read_documents"]
 
+_BITS_PER_DIGIT = 3.32  # just under log2(10): below this many bits per allowed digit, an int is surely printable
 SEVERAL_DOCUMENTS = "expected one YAML document, found several (remove the extra '---')"
 
 
@@ -73,9 +74,16 @@ class _Loader(yaml.SafeLoader):
         # PyYAML's scalar constructors fail with bare exceptions and no line: ValueError for 2001-13-45,
         # IndexError for an empty `!!int`, KeyError for `!!bool x`, AttributeError for `!!timestamp x`.
         try:
-            return super().construct_object(node, deep=deep)
+            value = super().construct_object(node, deep=deep)
         except (ValueError, ArithmeticError, LookupError, AttributeError, TypeError) as exc:
             raise yaml.constructor.ConstructorError(None, None, self._unreadable(node, exc), node.start_mark) from None
+        # Python refuses to read a decimal int of over 4300 digits, but not a hex, octal or binary one,
+        # which then cannot be printed (in an error message, say): refused here alike.
+        limit = sys.get_int_max_str_digits()
+        if isinstance(value, int) and limit and value.bit_length() > limit * _BITS_PER_DIGIT and not _printable(value):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this int: it has over {limit} digits", node.start_mark)
+        return value
 
     def _unreadable(self, node: yaml.Node, exc: Exception) -> str:
         what = node.tag.rpartition(":")[2] if node.tag.startswith("tag:yaml.org,2002:") else "value"
@@ -85,6 +93,14 @@ class _Loader(yaml.SafeLoader):
         implicit = (isinstance(node, yaml.ScalarNode) and node.style is None
                     and self.resolve(yaml.ScalarNode, node.value, (True, False)) == node.tag)  # type: ignore[no-untyped-call]
         return f"cannot read this {what}{detail}" + (" (quote it to keep it a string)" if implicit else "")
+
+
+def _printable(value: int) -> bool:
+    try:
+        str(value)
+    except ValueError:
+        return False
+    return True
 
 
 class _PlainLoader(_Loader):
@@ -128,12 +144,20 @@ def _decode(data: bytes | str) -> str:
     return text.removeprefix("\ufeff")
 
 
-def _read(data: bytes | str, lines: bool, use: Callable[[_Loader], None]) -> None:
+def read_documents(data: bytes | str, *, lines: bool = True) -> list[Document]:
+    """Every document of a YAML stream with the line it starts on, or a YamlError naming the line.
+
+    With `lines`, mappings are Nodes; otherwise plain dicts.
+    """
     text = _decode(data)
+    docs: list[Document] = []
     loader: _Loader | None = None
     try:
         loader = (_Loader if lines else _PlainLoader)(text)  # refuses a forbidden character at once
-        use(loader)
+        while loader.check_node():
+            node = loader.get_node()
+            if node is not None:
+                docs.append(Document(node.start_mark.line + 1, loader.construct_document(node)))
     except yaml.reader.ReaderError as exc:
         line = text.count("\n", 0, exc.position) + 1
         code = exc.character if isinstance(exc.character, int) else ord(exc.character)
@@ -152,22 +176,6 @@ def _read(data: bytes | str, lines: bool, use: Callable[[_Loader], None]) -> Non
     finally:
         if loader is not None:
             loader.dispose()
-
-
-def read_documents(data: bytes | str, *, lines: bool = True) -> list[Document]:
-    """Every document of a YAML stream with the line it starts on, or a YamlError naming the line.
-
-    With `lines`, mappings are Nodes; otherwise plain dicts.
-    """
-    docs: list[Document] = []
-
-    def use(loader: _Loader) -> None:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is not None:
-                docs.append(Document(node.start_mark.line + 1, loader.construct_document(node)))
-
-    _read(data, lines, use)
     return docs
 
 

@@ -214,6 +214,7 @@ def test_any_text_edit_of_a_corpus_file_is_linted_or_refused(workdir: pathlib.Pa
 @pytest.mark.parametrize(("text", "line"), [
     ("apiVersion: v1\nkind: Pod\nmetadata:\n  created: 2001-13-45\n", 4),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {replicas: " + "9" * 5000 + "}\n", 4),
+    ("apiVersion: v1\nkind: Pod\nmetadata: 0x" + "f" * 5000 + "\n", 3),  # found by the fuzz: an int too long to print
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: 'p\x01'}\n", 3),
     ("apiVersion: v1\nkind: Pod\nspec: " + "[" * 3000 + "\n", 3),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: !!binary x}\n", 3),

@@ -58,6 +58,7 @@ def test_a_key_that_is_no_plain_scalar_is_refused(text: str) -> None:
     ("2001-01-01 00:00:00 +99:00", "cannot read this timestamp: offset must be a timedelta"),
     ("9" * 5000, "cannot read this int: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits "
                  "(quote it to keep it a string)"),
+    ("0x" + "f" * 5000, "cannot read this int: it has over 4300 digits"),  # Python reads it, but cannot print it
     ("!!int", "cannot read this int"),
     ("!!int 0x", "cannot read this int: invalid literal"),
     ("!!bool maybe", "cannot read this bool"),
