@@ -130,11 +130,11 @@ def test_a_plugin_check_is_created_and_run_with_what_the_engine_passes(tmp_path:
     assert (proc.returncode, proc.stdout) == (0, f"{tmp_path / 'there'} is there\n"), proc.stderr
 
 
-@pytest.mark.parametrize("command", ["check-config", "schema"])
+@pytest.mark.parametrize("args", [["check-config", "CONFIG"], ["schema"], ["run", "--config", "CONFIG", "--listen", "127.0.0.1:0"]])
 def test_a_plugin_that_takes_a_builtin_name_is_refused_with_exit_2(tmp_path: pathlib.Path, config: pathlib.Path,
-                                                                   command: str) -> None:
+                                                                   args: list[str]) -> None:
     plugins = distribution(tmp_path / "plugins", "acme-http", "acme_http", "http")
-    proc = agent([command, str(config)] if command == "check-config" else [command], [plugins])
+    proc = agent([str(config) if a == "CONFIG" else a for a in args], [plugins])
     assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
     assert proc.stderr.startswith("sidecar-agent: the check type 'http' of distribution 'acme-http 1.0', "
                                   "entry point 'http = acme_http:TYPE' in group sidecar_agent.checks takes the name of "
