@@ -1,6 +1,6 @@
 """The command line: run, exec, wait, check-config, schema, lint.
 
-Exit 0 clean, 1 internal error, 2 usage or config error; exec passes the app's own code through.
+Exit 0 clean, 1 internal error, 2 usage, config or plug-in error; exec passes the app's own code through.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import yaml
 
 from agent import __version__, logs, threads
+from agent.checks import PluginError
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
 from agent.probes import Probe
 from agent.units import parse_address, parse_duration
@@ -204,6 +205,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return COMMANDS[args.command](args, env)
     except UsageError as exc:
         print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except PluginError as exc:  # an installed plug-in the registry refuses: fixed by installing, so a usage error
+        print(f"sidecar-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK

@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from agent import checks
+from agent.checkapi import CheckSpec
 from agent.fields import (
     ENV_VAR,
     Address,
@@ -19,6 +18,7 @@ from agent.fields import (
     Duration,
     Enum,
     Field,
+    Kind,
     ListOf,
     Number,
     Problems,
@@ -35,6 +35,7 @@ from agent.fields import (
 )
 from agent.probes import NAMES as PROBE_NAMES
 from agent.probes import Probe
+from agent.yamlread import YamlError, read_document
 
 __all__ = ["DEFAULT_CONFIG", "CheckSpec", "Config", "ConfigError", "dump", "json_schema", "load"]
 
@@ -101,25 +102,6 @@ class ShutdownConfig:
 
 
 @dataclass(frozen=True)
-class CheckSpec:
-    name: str
-    type: str
-    probes: tuple[str, ...]
-    interval: float
-    timeout: float
-    initial_delay: float
-    failure_threshold: int
-    success_threshold: int
-    allow_in_liveness: bool
-    params: Any
-
-    @property
-    def stale_after(self) -> float:
-        """A result older than this counts as failing: interval + timeout + interval."""
-        return 2 * self.interval + self.timeout
-
-
-@dataclass(frozen=True)
 class AgentLimits:
     max_loop_lag: float = 2.0
     max_concurrent_exec: int = 8
@@ -131,13 +113,23 @@ class Config:
     log: LogConfig = LogConfig()
     admin: AdminConfig = AdminConfig()
     app: AppConfig = AppConfig()
-    checks: tuple[CheckSpec, ...] = ()
+    checks: tuple[CheckSpec[object], ...] = ()
     shutdown: ShutdownConfig = ShutdownConfig()
     agent: AgentLimits = AgentLimits()
     secrets: frozenset[str] = frozenset()
 
-    def check(self, name: str) -> CheckSpec | None:
+    def check(self, name: str) -> CheckSpec[object] | None:
         return next((c for c in self.checks if c.name == name), None)
+
+
+class CheckTypeName(Kind):
+    """The `type` of a check: a name the registry knows, asked when first needed (not at import)."""
+
+    def parse(self, value: Any, path: str, problems: Problems) -> Any:
+        return Enum(checks.type_names()).parse(value, path, problems)
+
+    def schema(self) -> dict[str, Any]:
+        return Enum(checks.type_names()).schema()
 
 
 LOG = Section([Field("level", Enum(["debug", "info", "warning", "error"], ignore_case=True), "info",
@@ -170,7 +162,7 @@ AGENT = Section([
     Field("max_concurrent_exec", Number(integer=True, minimum=1, maximum=256), 8, "exec checks running at once"),
 ], AgentLimits)
 COMMON = (
-    Field("type", Enum(checks.type_names()), doc="the check type: a built-in one or a plug-in's"),
+    Field("type", CheckTypeName(), doc="the check type: a built-in one or a plug-in's"),
     Field("probes", ListOf(Enum(PROBE_NAMES), unique=True),
           ("readiness",), "which probes this check feeds; [] feeds only metrics and /status"),
     Field("interval", Duration(positive=True), 10.0, "time between runs"),
@@ -189,38 +181,6 @@ TOP = (
     Field("agent", AGENT, AgentLimits()),
 )
 
-
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate keys, which PyYAML would silently collapse."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    out: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, (str, int, float, bool)) or key is None:
-            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain string", key_node.start_mark)
-        key = str(key)
-        if key in out:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}' (YAML would keep only the last one)", key_node.start_mark)
-        out[key] = loader.construct_object(value_node, deep=True)
-    return out
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _construct_object(loader: _Loader, node: yaml.Node, deep: bool = False) -> Any:
-    """PyYAML raises plain ValueError for some scalars (2001-13-45, an int of 5000 digits): give them a line."""
-    try:
-        return yaml.SafeLoader.construct_object(loader, node, deep=deep)
-    except (ValueError, OverflowError) as exc:
-        raise yaml.constructor.ConstructorError(None, None, f"cannot read this value: {exc}", node.start_mark) from None
-
-
-_Loader.construct_object = _construct_object  # type: ignore[method-assign,assignment]
 
 def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,
             done: dict[int, Any] | None = None) -> Any:
@@ -259,28 +219,11 @@ def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,
 
 
 def parse_yaml(data: bytes | str) -> Any:
-    """The YAML document, or a ConfigError naming the line."""
-    if isinstance(data, bytes):
-        raw = data
-        try:
-            data = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            bad, line = raw[exc.start:exc.start + 1], raw.count(b"\n", 0, exc.start) + 1
-            raise ConfigError([("", f"line {line}: the file is not valid UTF-8 (byte {exc.start}: {bad!r})")]) from None
+    """The YAML document (plain dicts and lists), or a ConfigError naming the line."""
     try:
-        docs = list(yaml.load_all(data, Loader=_Loader))
-    except yaml.reader.ReaderError as exc:
-        line = str(data).count("\n", 0, exc.position) + 1
-        raise ConfigError([("", f"line {line}: character {exc.character!r} is not allowed in YAML")]) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError([("", f"{where}{exc.problem or exc}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([("", f"not valid YAML: {exc}")]) from None
-    if len(docs) > 1:
-        raise ConfigError([("", "expected one YAML document, found several (remove the extra '---')")])
-    return docs[0] if docs else None
+        return read_document(data, lines=False)
+    except YamlError as exc:
+        raise ConfigError([("", str(exc))]) from None
 
 
 def load(data: bytes | str, env: Mapping[str, str], *, app_is_child: bool = False) -> Config:
@@ -320,7 +263,7 @@ def load(data: bytes | str, env: Mapping[str, str], *, app_is_child: bool = Fals
                   secrets=frozenset(s for s in problems.secrets if s))
 
 
-def _parse_checks(raw: Any, app: AppConfig, app_is_child: bool, problems: Problems) -> list[CheckSpec]:
+def _parse_checks(raw: Any, app: AppConfig, app_is_child: bool, problems: Problems) -> list[CheckSpec[object]]:
     if raw is None:
         return []
     if not isinstance(raw, dict):
@@ -341,7 +284,7 @@ def _parse_checks(raw: Any, app: AppConfig, app_is_child: bool, problems: Proble
     return specs
 
 
-def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSpec | None:
+def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSpec[object] | None:
     if not isinstance(body, dict):
         problems.add(path, f"expected a mapping with at least 'type', got {describe(body)}")
         return None

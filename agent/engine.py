@@ -29,7 +29,7 @@ class Engine:
     def __init__(self, health: Health, metrics: Metrics, ctx: CheckContext, scrub: Scrubber,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.health, self.metrics, self.ctx, self.scrub, self.clock = health, metrics, ctx, scrub, clock
-        self.specs: dict[str, CheckSpec] = {s.name: s for s in health.specs}
+        self.specs: dict[str, CheckSpec[object]] = {s.name: s for s in health.specs}
         self.checks: dict[str, Check] = {s.name: load_type(s.type).create(s, ctx) for s in health.specs}
         self.pollers: dict[str, asyncio.Task[None]] = {}
         self.stuck: dict[str, asyncio.Task[str]] = {}  # runs that ignored cancellation, awaited at close
@@ -54,7 +54,7 @@ class Engine:
                 if name not in self.pollers or self.pollers[name].done()
                 or sum(1 for t in self.deaths.get(name, ()) if now - t < DEATH_WINDOW) >= DEATHS_UNHEALTHY]
 
-    async def apply(self, specs: Sequence[CheckSpec]) -> tuple[list[str], list[str], list[str]]:
+    async def apply(self, specs: Sequence[CheckSpec[object]]) -> tuple[list[str], list[str], list[str]]:
         """Swap in a reloaded set of checks: unchanged ones keep their poller and state.
 
         Returns the names (added, removed, changed). The cache is swapped before anything awaits,
@@ -104,12 +104,12 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - closing must go on for the others
             event(log, logging.WARNING, f"closing a check failed: {type(exc).__name__}")
 
-    def _spawn(self, spec: CheckSpec) -> None:
+    def _spawn(self, spec: CheckSpec[object]) -> None:
         task = asyncio.create_task(self._poll(spec), name=f"check:{spec.name}")
         self.pollers[spec.name] = task
         task.add_done_callback(lambda done: self._poller_ended(spec, done))
 
-    def _poller_ended(self, spec: CheckSpec, task: asyncio.Task[None]) -> None:
+    def _poller_ended(self, spec: CheckSpec[object], task: asyncio.Task[None]) -> None:
         """A poller only ends by cancellation; anything else is a bug, so restart it (and count it)."""
         if task.cancelled() or self._closed or self.pollers.get(spec.name) is not task:
             return
@@ -128,7 +128,7 @@ class Engine:
         handle = asyncio.get_running_loop().call_later(RESTART_DELAY, restart)
         self._restarts.add(handle)
 
-    async def _poll(self, spec: CheckSpec) -> None:
+    async def _poll(self, spec: CheckSpec[object]) -> None:
         check = self.checks[spec.name]
         # The first run comes soon (a small random offset), so the first answers are right quickly; the
         # second comes at a random phase of the interval, so that many checks with one interval spread out
@@ -144,7 +144,7 @@ class Engine:
                 next_at = now + spec.interval - (now - next_at) % spec.interval
             await asyncio.sleep(next_at - now)
 
-    async def run_once(self, spec: CheckSpec, check: Check) -> Result:
+    async def run_once(self, spec: CheckSpec[object], check: Check) -> Result:
         """Run a check once, bounded by its timeout; never raises (but for cancellation)."""
         start, wall = self.clock(), time.time()
         if spec.name in self.stuck:
@@ -192,7 +192,7 @@ class Engine:
         message = one_line(self.scrub(one_line(str(message))), MAX_MESSAGE, tail=MAX_MESSAGE - MAX_MESSAGE // 4 - 5)
         return Result(outcome, message, max(0.0, self.clock() - start), self.clock(), wall)
 
-    def _record(self, spec: CheckSpec, result: Result) -> None:
+    def _record(self, spec: CheckSpec[object], result: Result) -> None:
         flipped = self.health.record(spec.name, result)
         self.metrics.observe(spec, result, flipped)
         if flipped:

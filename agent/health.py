@@ -46,7 +46,7 @@ class Result:
 class CheckState:
     """The kubelet's probe-worker rule: the state flips only after a threshold of identical results."""
 
-    spec: CheckSpec
+    spec: CheckSpec[object]
     started_at: float
     passing: bool | None = None  # None until a threshold has first been met
     last: Result | None = None
@@ -120,7 +120,7 @@ class _Cached:
 class Health:
     """Every check's state, the startup latch, the manual drain flag and the lifecycle."""
 
-    specs: Sequence[CheckSpec]
+    specs: Sequence[CheckSpec[object]]
     clock: Callable[[], float]
     on_phase: Callable[[Phase, Phase, str], None] | None = None
     slack: Callable[[], float] = lambda: 0.0  # time the agent's own loop lost lately (the watchdog's lag)
@@ -146,7 +146,7 @@ class Health:
             self.invalidate()
         return flipped
 
-    def apply(self, specs: Sequence[CheckSpec]) -> None:
+    def apply(self, specs: Sequence[CheckSpec[object]]) -> None:
         """Swap in a reloaded set of checks; an unchanged check keeps its state, a changed one starts afresh."""
         now = self.clock()
         self.specs = specs

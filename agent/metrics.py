@@ -143,13 +143,13 @@ class Metrics:
         r.register(StateCollector(health, app, clock))
         ProcessCollector(registry=r)
 
-    def observe(self, spec: CheckSpec, result: Result, flipped: bool) -> None:
+    def observe(self, spec: CheckSpec[object], result: Result, flipped: bool) -> None:
         self.check_duration.labels(spec.name).observe(result.duration)
         self.check_runs.labels(spec.name, result.outcome.value).inc()
         if flipped:
             self.check_transitions.labels(spec.name).inc()
 
-    def _init_children(self, specs: Sequence[CheckSpec]) -> None:
+    def _init_children(self, specs: Sequence[CheckSpec[object]]) -> None:
         """Create every labelled series up front, so that they read 0 rather than being absent."""
         for spec in specs:
             self.check_duration.labels(spec.name)
@@ -158,7 +158,7 @@ class Metrics:
             for outcome in Outcome:
                 self.check_runs.labels(spec.name, outcome.value)
 
-    def apply(self, specs: Sequence[CheckSpec], gone: Sequence[str]) -> None:
+    def apply(self, specs: Sequence[CheckSpec[object]], gone: Sequence[str]) -> None:
         """After a reload: drop the series of removed checks, create those of new ones."""
         for name in gone:
             for family in (self.check_duration, self.check_transitions, self.poller_restarts):

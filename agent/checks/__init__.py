@@ -1,4 +1,8 @@
-"""Check types: the registry, and what every check type provides."""
+"""Check types: the registry of the built-in types and the plug-ins, and the interface they implement.
+
+The interface lives in agent.checkapi and is re-exported here for plug-in authors. The registry reads the
+`sidecar_agent.checks` entry points on first use, not at import.
+"""
 
 from __future__ import annotations
 
@@ -6,59 +10,71 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+import re
 
-if TYPE_CHECKING:
-    from agent.config import CheckSpec
-    from agent.fields import Field
+from agent.checkapi import (
+    AppView,
+    Check,
+    CheckContext,
+    CheckFailure,
+    CheckSpec,
+    CheckTimeout,
+    CheckType,
+    ChildReaper,
+    ProcessSample,
+)
 
-
-class CheckFailure(Exception):
-    """A check ran and the thing it checks is unhealthy; the message says why."""
-
-
-class CheckTimeout(CheckFailure):
-    """The check's own deadline passed (a client's timeout firing before the engine's): counted as a timeout."""
-
-
-class Check(Protocol):
-    """One configured check: `run` returns a success message or raises CheckFailure."""
-
-    async def run(self) -> str: ...
-
-    async def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class CheckType:
-    """What a check type module exports as `TYPE`: its keys, and how to build a check."""
-
-    name: str
-    fields: Sequence[Field]
-    params: Callable[..., Any]
-    create: Callable[[CheckSpec, Any], Check]
-    is_dependency: Callable[[Any], bool] = lambda params: False
-    validate: Callable[[Any], str | None] = lambda params: None
-    requires: tuple[str, ...] = ()  # modules imported by `create`, checked at config time without importing
-    extra: str | None = None  # the pip extra that installs them
-
+__all__ = ["AppView", "Check", "CheckContext", "CheckFailure", "CheckSpec", "CheckTimeout", "CheckType", "ChildReaper",
+           "PluginError", "ProcessSample", "load_type", "missing_requirement", "type_names"]
 
 ENTRY_POINT_GROUP = "sidecar_agent.checks"
-# The built-in types, as pyproject.toml registers them in the entry-point group; used as they are
-# when the package runs from a source tree that was never installed (no entry points to read).
+DISTRIBUTION = "sidecar-agent"
+# The built-in types, as pyproject.toml registers them in the entry-point group. They are always there,
+# whether the package was installed (and its own entry points repeat them) or runs from a source tree.
 BUILTIN = {
     name: f"agent.checks.{name}_check:TYPE"
     for name in ("process", "http", "tcp", "exec", "file", "heartbeat", "redis", "postgres", "grpc", "dns")
 }
 
 
+class PluginError(Exception):
+    """A check-type plug-in that cannot be used as installed (a name taken twice, a module that does not load)."""
+
+
+def _origin(entry_point: importlib.metadata.EntryPoint) -> str:
+    dist = entry_point.dist
+    where = f"distribution '{dist.name} {dist.version}'" if dist is not None else "an unknown distribution"
+    return f"{where}, entry point '{entry_point.name} = {entry_point.value}' in group {ENTRY_POINT_GROUP}"
+
+
+def _is_ours(entry_point: importlib.metadata.EntryPoint) -> bool:
+    dist = entry_point.dist
+    own = dist is not None and re.sub(r"[-_.]+", "-", dist.name).lower() == DISTRIBUTION
+    return own or entry_point.value == BUILTIN.get(entry_point.name)
+
+
 @functools.cache
 def _registry() -> dict[str, str]:
-    """Check type name -> "module:attribute", from the `sidecar_agent.checks` entry points."""
-    found = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    return found or dict(BUILTIN)
+    """Check type name -> "module:attribute": the built-ins, then the plug-ins' entry points.
+
+    Raises PluginError when a plug-in takes a built-in type's name, or two distributions register one name.
+    (Not cached then: functools.cache keeps only results, so every use reports it again.)
+    """
+    found = dict(BUILTIN)
+    plugins: dict[str, importlib.metadata.EntryPoint] = {}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        name = entry_point.name
+        if _is_ours(entry_point):
+            continue  # the package's own registration of a built-in
+        if name in BUILTIN:
+            raise PluginError(f"the check type '{name}' of {_origin(entry_point)} takes the name of a built-in check type; "
+                              "the plug-in must register its type under another name (or be uninstalled)")
+        other = plugins.get(name)
+        if other is not None and other.value != entry_point.value:
+            raise PluginError(f"two plug-ins register the check type '{name}': {_origin(other)}; and {_origin(entry_point)}")
+        plugins[name] = entry_point
+        found[name] = entry_point.value
+    return found
 
 
 def type_names() -> list[str]:
@@ -66,16 +82,25 @@ def type_names() -> list[str]:
     return sorted(_registry())
 
 
-def load_type(name: str) -> CheckType:
-    """Import a check type's module; heavy client libraries load later, in `create`."""
-    module_name, _, attr = _registry()[name].partition(":")
-    check_type = getattr(importlib.import_module(module_name), attr)
+def load_type(name: str) -> CheckType[object]:
+    """Import a check type's module; heavy client libraries load later, in `create`.
+
+    The engine treats params as opaque: each type's own `create` gets the params its `params` built.
+    """
+    target = _registry()[name]
+    module_name, _, attr = target.partition(":")
+    try:
+        check_type = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"cannot load the check type '{name}' from {target}: {type(exc).__name__}: {exc}") from None
     if not isinstance(check_type, CheckType):
-        raise TypeError(f"{_registry()[name]} is not an agent.checks.CheckType")
+        raise PluginError(f"the check type '{name}' at {target} is a {type(check_type).__name__}, not an agent.checks.CheckType")
+    if check_type.name != name:
+        raise PluginError(f"the check type registered as '{name}' ({target}) calls itself '{check_type.name}'")
     return check_type
 
 
-def missing_requirement(check_type: CheckType) -> str | None:
+def missing_requirement(check_type: CheckType[object]) -> str | None:
     """The install hint when a module the type needs is absent (found without importing it), else None."""
     for module in check_type.requires:
         if importlib.util.find_spec(module) is None:
@@ -83,14 +108,3 @@ def missing_requirement(check_type: CheckType) -> str | None:
             return (f"a {check_type.name} check needs the Python package that provides '{module}': "
                     f"pip install 'sidecar-agent[{extra}]'")
     return None
-
-
-@dataclass
-class CheckContext:
-    """What checks may use besides their own params: the app monitor, pushed heartbeats, the clock, the reaper."""
-
-    app: Any  # agent.app.AppMonitor | None
-    heartbeats: dict[str, float]  # check name -> monotonic time of the last push
-    clock: Callable[[], float]
-    reaper: Any  # agent.reaper.Reaper: every child process is started through it
-    exec_slots: Any = None  # asyncio.Semaphore bounding the exec checks running at once

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.checks import CheckContext, CheckFailure, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType
 from agent.checks.dns_wire import (
     QR,
     RCODES,
@@ -288,7 +288,7 @@ def _validate(params: Params) -> str | None:
     return None
 
 
-def _create(spec: Any, ctx: CheckContext) -> DnsCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> DnsCheck:
     return DnsCheck(spec.params, spec.timeout)
 
 

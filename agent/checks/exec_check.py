@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
-from agent.checks import CheckContext, CheckFailure, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType, ChildReaper
 from agent.fields import Field, ListOf, Str, StrMap
-from agent.reaper import Reaper, exit_code, kill_quietly
+from agent.reaper import exit_code, kill_quietly
 
 MAX_OUTPUT = 4096  # bytes of combined stdout/stderr kept, from the end
 REAP_BOUND = 5.0
@@ -25,7 +25,7 @@ class Params:
 
 
 class ExecCheck:
-    def __init__(self, params: Params, reaper: Reaper, slots: asyncio.Semaphore | None) -> None:
+    def __init__(self, params: Params, reaper: ChildReaper, slots: asyncio.Semaphore | None) -> None:
         self.params, self.reaper, self.slots = params, reaper, slots
         self.env = {**os.environ, **dict(params.env)} if params.env else None
 
@@ -89,7 +89,7 @@ async def _read_capped(pipe: IO[bytes]) -> bytes:
     return bytes(kept)
 
 
-def _create(spec: Any, ctx: CheckContext) -> ExecCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> ExecCheck:
     return ExecCheck(spec.params, ctx.reaper, ctx.exec_slots)
 
 

@@ -6,9 +6,8 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from agent.checks import CheckContext, CheckFailure, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType
 from agent.fields import Duration, Field, Str, optional
 from agent.units import format_duration
 
@@ -41,7 +40,7 @@ class FileCheck:
         return None
 
 
-def _create(spec: Any, ctx: CheckContext) -> FileCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> FileCheck:
     return FileCheck(spec.params)
 
 

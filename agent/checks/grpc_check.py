@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent import __version__
-from agent.checks import CheckContext, CheckFailure, CheckTimeout, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckTimeout, CheckType
 from agent.fields import Address, Bool, Field, Str, optional
 from agent.units import format_address, format_duration, is_loopback_host
 
@@ -175,7 +175,7 @@ def _import_grpc() -> tuple[Any, Any, Any]:
     return grpc, health_pb2, health_pb2_grpc
 
 
-def _create(spec: Any, ctx: CheckContext) -> GrpcCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> GrpcCheck:
     return GrpcCheck(spec.params, spec.timeout)
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from agent.checks import CheckContext, CheckFailure, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType
 from agent.fields import Duration, Field
 from agent.units import format_duration
 
@@ -32,7 +31,7 @@ class HeartbeatCheck:
         return None
 
 
-def _create(spec: Any, ctx: CheckContext) -> HeartbeatCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> HeartbeatCheck:
     return HeartbeatCheck(spec.name, spec.params, ctx)
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from agent import __version__
-from agent.checks import CheckContext, CheckFailure, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType
 from agent.fields import Bool, Enum, Field, Regex, StatusRange, StrMap, Url, optional, redact_url
 from agent.units import is_loopback_host
 
@@ -75,7 +74,7 @@ def _validate(params: Params) -> str | None:
     return None
 
 
-def _create(spec: Any, ctx: CheckContext) -> HttpCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> HttpCheck:
     return HttpCheck(spec.params)
 
 

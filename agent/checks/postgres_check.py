@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from agent.checks import CheckContext, CheckFailure, CheckTimeout, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckTimeout, CheckType
 from agent.fields import REDACTED, Bool, Field, Invalid, Kind, Problems, Str, redact_url, split_secret_url
 from agent.units import format_duration, is_loopback_host
 
@@ -139,7 +139,7 @@ class PostgresCheck:
             conn.terminate()
 
 
-def _create(spec: Any, ctx: CheckContext) -> PostgresCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> PostgresCheck:
     return PostgresCheck(spec.params, spec.timeout)
 
 

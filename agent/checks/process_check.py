@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from agent.checks import CheckContext, CheckFailure, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType
 from agent.fields import Number, Size, optional
 
 STOPPED = {"stopped", "tracing-stop"}
@@ -24,6 +23,8 @@ class ProcessCheck:
         self.params, self.app = params, ctx.app
 
     async def run(self) -> str:
+        if self.app is None:  # the agent watches no app: a config reload added this check without app.match
+            raise CheckFailure("no app to watch: a process check needs app.match, set when the agent starts")
         sample = await self.app.refresh()
         if sample is None:
             raise CheckFailure(self.app.error or f"no process matches {self.app.description}")
@@ -50,7 +51,7 @@ def _mib(size: int) -> str:
     return f"{size / 2**20:.1f}Mi"
 
 
-def _create(spec: Any, ctx: CheckContext) -> ProcessCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> ProcessCheck:
     return ProcessCheck(spec.params, ctx)
 
 

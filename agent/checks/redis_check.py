@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.checks import CheckContext, CheckFailure, CheckTimeout, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckTimeout, CheckType
 from agent.fields import Bool, Field, Str, Url, optional, redact_url
 from agent.units import format_duration, is_loopback_host
 
@@ -113,7 +113,7 @@ def _validate(params: Params) -> str | None:
     return None
 
 
-def _create(spec: Any, ctx: CheckContext) -> RedisCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> RedisCheck:
     return RedisCheck(spec.params, spec.timeout)
 
 

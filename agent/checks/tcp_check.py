@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from agent.checks import CheckContext, CheckFailure, CheckType
+from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType
 from agent.fields import Address, Field
 from agent.units import format_address, is_loopback_host
 
@@ -73,7 +73,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _create(spec: Any, ctx: CheckContext) -> TcpCheck:
+def _create(spec: CheckSpec[Params], ctx: CheckContext) -> TcpCheck:
     return TcpCheck(spec.params)
 
 

@@ -7,27 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from agent.lint.findings import InputError
+from agent.yamlread import Node, YamlError, line_of, read_documents
+
+__all__ = ["Document", "Node", "Sources", "is_object", "line_of", "parse_text", "read_file", "read_paths"]
 
 YAML_SUFFIXES = (".yaml", ".yml")
-
-
-class Node(dict[str, Any]):
-    """A YAML mapping that remembers its own line and the line of each of its keys (1-based)."""
-
-    def __init__(self, line: int | None = None) -> None:
-        super().__init__()
-        self.line = line
-        self.key_lines: dict[str, int] = {}
-
-
-def line_of(node: Any, key: str | None = None) -> int | None:
-    """The line of `key` in a mapping read from YAML (or of the mapping itself); None for plain dicts."""
-    if not isinstance(node, Node):
-        return None
-    return node.key_lines.get(key, node.line) if key is not None else node.line
 
 
 @dataclass(frozen=True)
@@ -44,54 +29,13 @@ class Sources:
     skipped: list[str] = field(default_factory=list)  # files in a directory that hold no Kubernetes objects
 
 
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader whose mappings are Nodes, refusing duplicate keys as kubectl does."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Node:
-    loader.flatten_mapping(node)
-    out = Node(node.start_mark.line + 1)
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key is None or not isinstance(key, (str, int, float, bool)):
-            raise yaml.constructor.ConstructorError(None, None, "a key must be a plain string", key_node.start_mark)
-        key = str(key)
-        if key in out:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
-        out.key_lines[key] = key_node.start_mark.line + 1
-        out[key] = loader.construct_object(value_node, deep=True)
-    return out
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def parse_text(data: bytes | str, file: str) -> list[Document]:
-    """Every non-empty YAML document of one file, or an InputError naming the line."""
-    if isinstance(data, bytes):
-        raw = data
-        try:
-            data = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise InputError(file, raw[:exc.start].count(b"\n") + 1, "not UTF-8 text (is this a YAML file?)") from None
-    docs: list[Document] = []
-    loader = _Loader(data)
+    """Every non-empty YAML document of one file, its mappings Nodes; or an InputError naming the line."""
     try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            body = loader.construct_document(node)
-            if body is not None:
-                docs.append(Document(file, node.start_mark.line + 1, body))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise InputError(file, mark.line + 1 if mark else None, f"not valid YAML: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
-        raise InputError(file, None, f"not valid YAML: {exc}") from None
-    finally:
-        loader.dispose()
-    return docs
+        docs = read_documents(data)
+    except YamlError as exc:
+        raise InputError(file, exc.line, exc.message) from None
+    return [Document(file, doc.line, doc.body) for doc in docs if doc.body is not None]
 
 
 def is_object(body: Any) -> bool:

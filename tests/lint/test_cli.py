@@ -71,6 +71,7 @@ def test_text_output_names_file_line_rule_object_and_fix(capsys: pytest.CaptureF
     ("second-document-is-a-list.yaml", ":7:", "got a list"),
     ("wrong-field-type.yaml", ":12:", "livenessProbe.periodSeconds: expected an integer, got '10'"),
     ("duplicate-key.yaml", ":6:", "duplicate key 'containers'"),
+    ("bad-timestamp.yaml", ":7:", "cannot read this timestamp: month must be in 1..12 (quote it to keep it a string)"),
     ("no-containers.yaml", ":5:", "spec.containers is missing or empty"),
 ])
 def test_unreadable_input_exits_2_naming_file_and_line(capsys: pytest.CaptureFixture[str], name: str, where: str,
