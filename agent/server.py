@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -70,6 +71,7 @@ class ProbeServer:
         router.add_get("/metrics", self.get_metrics)
         router.add_post("/heartbeat/{name}", self.post_heartbeat)
         router.add_get("/prestop", self._admin(self.prestop))
+        router.add_get("/prestop/wait", self.prestop_wait)
         router.add_post("/quitquitquit", self._admin(self.quitquitquit))
         router.add_post("/admin/drain", self._admin(self.drain))
         router.add_post("/admin/undrain", self._admin(self.undrain))
@@ -159,6 +161,20 @@ class ProbeServer:
         await (shutdown.stopped.wait() if shutdown.config.relay_signal else shutdown.drained.wait())
         outcome = shutdown.report.outcome or "drained"
         return web.Response(text=f"shutdown: {outcome}\n", content_type=TEXT)
+
+    async def prestop_wait(self, request: web.Request) -> web.Response:
+        """Hold an app container's preStop hook until the ordered stop has drained (or stopped the app).
+
+        It triggers nothing, so it needs no token: the sequence starts from the agent's SIGTERM or its own preStop.
+        A caller with no stop under way is answered 503 after the grace period, which bounds a hook anyway.
+        """
+        shutdown = self.controls.shutdown
+        done = shutdown.stopped if shutdown.config.relay_signal else shutdown.drained
+        try:
+            await asyncio.wait_for(done.wait(), shutdown.config.grace_period)
+        except TimeoutError:
+            return web.Response(status=503, text="no ordered stop under way\n", content_type=TEXT)
+        return web.Response(text=f"shutdown: {shutdown.report.outcome or 'drained'}\n", content_type=TEXT)
 
     async def quitquitquit(self, request: web.Request) -> web.Response:
         self.controls.trigger("POST /quitquitquit")

@@ -91,6 +91,17 @@ def is_local(host: str) -> bool:
     return host.lower() in LOCAL_HOSTS or host.startswith("127.")
 
 
+def sleeps_first(argv: Sequence[str]) -> int | None:
+    """The seconds a command sleeps before anything else (`sleep 10`, `sh -c "sleep 10; nginx -s quit"`), if it does."""
+    commands = simple_commands(argv)
+    if not commands:
+        return None
+    name, args = program(commands[0])
+    if name == "sleep" and len(args) == 1 and args[0].rstrip("s").isdigit():
+        return int(args[0].rstrip("s"))
+    return None
+
+
 def _host_port(text: str) -> tuple[str, int | None]:
     host, sep, port = text.rpartition(":")
     if sep and port.isdigit() and not host.endswith(":"):
@@ -113,6 +124,8 @@ def targets(argv: Sequence[str]) -> list[Target]:
             url = url or next((a.split("=", 1)[1] for a in args if a.startswith("--url=")), None)
             if url is None:  # its default URL is the agent's readiness
                 found.append(Target("", 8686, "/readyz", name))
+        if name == "sidecar-agent" and args[:1] == ["stop"] and not any(a.startswith("--url") for a in args):
+            found.append(Target("", 8686, "/quitquitquit", name))  # its default URL: the agent's stop, on loopback
         if name in DNS_TOOLS:
             found.append(Target(next((a for a in args if not a.startswith("-")), "a DNS server"), None, None, name))
         if name not in CLIENT_HOST_FLAGS:
