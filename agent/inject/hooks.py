@@ -60,6 +60,9 @@ def existing(hook: Mapping[str, Any]) -> HookPlan:
         slept = sleeps_first(command)
         if slept is not None and slept >= DRAIN_SECONDS:
             return HookPlan(None, f"its preStop hook sleeps {slept}s first, which covers the drain; kept")
+        if slept is not None and len(command) == 2:  # exactly `sleep N`
+            return HookPlan({**hook, "exec": {**hook["exec"], "command": [command[0], str(DRAIN_SECONDS)]}},
+                            f"its preStop sleep of {slept}s is raised to the drain, {DRAIN_SECONDS}s")
         if command and posixpath.basename(command[0]) in SHELLS:
             flag = next((i for i, w in enumerate(command[1:], 1) if w.startswith("-") and "c" in w[1:]), None)
             if flag is not None and flag + 1 < len(command):

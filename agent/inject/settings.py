@@ -68,7 +68,18 @@ def validate(config: Mapping[str, Any], generated: Mapping[str, Any], extra: Map
     """
     names = variables(extra)
     env = {name: _PLACEHOLDER.format(i) for i, name in enumerate(names)}
-    loaded = _load(config, env)
+    try:
+        loaded = _load(config, env)
+    except ConfigError as exc:
+        # A field whose value comes from ${VAR} holds a placeholder here, not a DSN or a URL: its problems are the
+        # runtime value's, which only the agent sees. Every other problem is the annotation's.
+        real = [(p, m) for p, m in exc.problems if not _from_variable(config, p)]
+        if real:
+            raise InjectError("; ".join(f"{WHERE}.{p}: {m}" if p else f"{WHERE}: {m}" for p, m in real),
+                              ANNOTATION_PATH) from None
+        tainted = {p.split(".")[1] for p, _ in exc.problems if p.startswith("checks.")}
+        kept = {n: b for n, b in dict(config.get("checks") or {}).items() if n not in tainted}
+        loaded = _load({**config, "checks": kept}, env)
     own = _load({**config, "checks": dict(generated)}, {}).secrets
     for secret in loaded.secrets - own:
         rest = secret
@@ -81,14 +92,20 @@ def validate(config: Mapping[str, Any], generated: Mapping[str, Any], extra: Map
                               "of the app container (a secretKeyRef is copied to the agent)", ANNOTATION_PATH)
 
 
+def _from_variable(config: Mapping[str, Any], path: str) -> bool:
+    """Whether the value at a problem's key path (checks.NAME.KEY...) is written with a ${VAR}."""
+    node: Any = config
+    for step in path.split("."):
+        if not isinstance(node, Mapping) or step not in node:
+            return False
+        node = node[step]
+    return "${" in yaml.safe_dump(node)
+
+
 def _load(config: Mapping[str, Any], env: Mapping[str, str]) -> Config:
     body = dict(config)
     body["checks"] = {n: b for n, b in dict(body.get("checks") or {}).items() if not _not_installed(b)}
-    try:
-        return load(yaml.safe_dump(body, sort_keys=False), env)
-    except ConfigError as exc:
-        raise InjectError("; ".join(f"{WHERE}.{p}: {m}" if p else f"{WHERE}: {m}" for p, m in exc.problems),
-                          ANNOTATION_PATH) from None
+    return load(yaml.safe_dump(body, sort_keys=False), env)
 
 
 def _not_installed(body: object) -> bool:
