@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     inject.add_argument("--remove", action="store_true", help="take an injection back out, restoring the pod templates")
     stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a preStop hook)")
-    stop.add_argument("--url", default="http://127.0.0.1:8686/quitquitquit", help="the agent's URL (default: %(default)s)")
+    stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit on loopback at the port of "
+                      "$SIDECAR_AGENT_LISTEN, else 8686)")
     return parser
 
 
@@ -226,7 +227,16 @@ def cmd_inject(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def cmd_stop(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from agent.waiting import request_stop
 
-    accepted, report = request_stop(args.url)
+    url = args.url
+    if url is None:
+        port = 8686
+        if env.get("SIDECAR_AGENT_LISTEN"):
+            try:
+                port = parse_address(env["SIDECAR_AGENT_LISTEN"], default_host="0.0.0.0", any_port=True)[1]
+            except ValueError as exc:
+                raise UsageError(f"sidecar-agent stop: SIDECAR_AGENT_LISTEN: {exc}") from None
+        url = f"http://127.0.0.1:{port}/quitquitquit"
+    accepted, report = request_stop(url)
     print(report, file=sys.stdout if accepted else sys.stderr)
     return EXIT_OK if accepted else 1
 
