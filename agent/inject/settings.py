@@ -19,6 +19,12 @@ WHERE = f'metadata.annotations["{CHECKS_ANNOTATION}"]'
 LISTEN_PORT = 8686
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 _PLACEHOLDER = "injectvar{}x"
+# The config text is only read back here: libyaml writes it several times faster where PyYAML has it.
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _text(value: Any) -> str:
+    return yaml.dump(value, Dumper=_DUMPER, sort_keys=False)
 
 
 def annotation_checks(annotations: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,7 +59,7 @@ def merge(generated: Mapping[str, dict[str, Any]], extra: Mapping[str, Any]) -> 
 def variables(extra: Mapping[str, Any]) -> list[str]:
     """The `${VAR}` names (without a default) the annotation's checks use, in order of first use."""
     found: list[str] = []
-    for name, default in _VAR.findall(yaml.safe_dump(dict(extra), sort_keys=False)):
+    for name, default in _VAR.findall(_text(dict(extra))):
         if not default and name not in found:
             found.append(name)
     return found
@@ -80,13 +86,15 @@ def validate(config: Mapping[str, Any], generated: Mapping[str, Any], extra: Map
         tainted = {p.split(".")[1] for p, _ in exc.problems if p.startswith("checks.")}
         kept = {n: b for n, b in dict(config.get("checks") or {}).items() if n not in tainted}
         loaded = _load({**config, "checks": kept}, env)
+    if not extra:
+        return
     own = _load({**config, "checks": dict(generated)}, {}).secrets
     for secret in loaded.secrets - own:
         rest = secret
         for value in env.values():
             rest = rest.replace(value, "")
         if rest.strip():
-            where = next((n for n, b in extra.items() if secret in yaml.safe_dump(b)), None)
+            where = next((n for n, b in extra.items() if secret in _text(b)), None)
             path = f"{WHERE}.checks.{where}" if where else WHERE
             raise InjectError(f"{path}: a secret is written in plain text; write it as ${{VAR}} naming an env entry "
                               "of the app container (a secretKeyRef is copied to the agent)", ANNOTATION_PATH)
@@ -99,13 +107,13 @@ def _from_variable(config: Mapping[str, Any], path: str) -> bool:
         if not isinstance(node, Mapping) or step not in node:
             return False
         node = node[step]
-    return "${" in yaml.safe_dump(node)
+    return "${" in _text(node)
 
 
 def _load(config: Mapping[str, Any], env: Mapping[str, str]) -> Config:
     body = dict(config)
     body["checks"] = {n: b for n, b in dict(body.get("checks") or {}).items() if not _not_installed(b)}
-    return load(yaml.safe_dump(body, sort_keys=False), env)
+    return load(_text(body), env)
 
 
 def _not_installed(body: object) -> bool:
