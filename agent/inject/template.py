@@ -55,7 +55,7 @@ def _check_name(container: str, kind: str, taken: set[str]) -> str:
     return name
 
 
-def _skip_reason(template: Mapping[str, Any], kind: str, native: bool) -> str | None:
+def _skip_reason(template: Mapping[str, Any]) -> str | None:
     meta, spec = _mapping(template, "metadata"), _mapping(template, "spec")
     if str(_mapping(meta, "labels").get(OPT_OUT)).lower() == "false" or \
             str(_mapping(meta, "annotations").get(OPT_OUT)).lower() == "false":
@@ -73,9 +73,6 @@ def _skip_reason(template: Mapping[str, Any], kind: str, native: bool) -> str | 
             return f"container {c.get('name')} already runs sidecar-agent"
         if any(isinstance(p, Mapping) and p.get("containerPort") == settings.LISTEN_PORT for p in c.get("ports") or ()):
             return f"container {c.get('name')} already uses port {settings.LISTEN_PORT}, the agent's"
-    if kind in JOBS and not native:
-        return ("a Job below Kubernetes 1.29 would never complete: a regular agent container outlives the app; "
-                "inject for >= 1.29 (native sidecar), or add the agent by hand with exec mode")
     return None
 
 
@@ -84,7 +81,7 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     version = options.kubernetes_version
     native = version >= (1, 29)
     result = plain(template)
-    reason = _skip_reason(result, kind, native)
+    reason = _skip_reason(result)
     if reason:
         return _skip(result, reason)
     edit = Editor(result)
@@ -152,9 +149,17 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
         current = need
 
     checks = settings.merge(generated, extra)
-    config: dict[str, Any] = {"listen": f"0.0.0.0:{settings.LISTEN_PORT}", "checks": checks,
-                              "shutdown": {"drain_delay": f"{drain}s", "relay_signal": False,
-                                           "grace_period": f"{current}s"}}
+    config: dict[str, Any] = {"listen": f"0.0.0.0:{settings.LISTEN_PORT}"}
+    if job and not native:
+        # A regular container outlives the app, and the Job would never complete: the agent watches the app's
+        # container in the shared process namespace and exits with it (app.py: other_containers).
+        config["app"] = {"match": {"other_containers": True}, "exit_with_app": True}
+        if spec.get("shareProcessNamespace") is not True:
+            edit.set(("spec", "shareProcessNamespace"), True)
+            notes.append("shareProcessNamespace set to true: the agent sees the app finish and exits with it, so the "
+                         "Job completes")
+    config.update({"checks": checks, "shutdown": {"drain_delay": f"{drain}s", "relay_signal": False,
+                                                  "grace_period": f"{current}s"}})
     settings.validate(config, generated, extra)
     env = settings.copied_env(settings.variables(extra), spec["containers"])
     text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)

@@ -133,14 +133,17 @@ def test_skipped_templates_come_back_unchanged_with_the_reason(change: Any, reas
     assert not outcome.injected and outcome.template == t and reason in outcome.notes[0]
 
 
-def test_jobs_complete_as_native_sidecars_and_are_skipped_below() -> None:
+def test_jobs_complete_as_native_sidecars_and_by_watching_the_app_below() -> None:
     job = yaml.safe_load("spec: {restartPolicy: Never, containers: [{name: run, image: x}]}")
     out = inject_template(job, Options(), kind="Job")
     agent = out.template["spec"]["initContainers"][0]
     assert agent["restartPolicy"] == "Always" and "lifecycle" not in agent
     assert "drain_delay: 0s" in config_of(out.template["spec"])
     assert "readinessProbe" not in out.template["spec"]["containers"][0]
-    assert not inject_template(job, Options(kubernetes_version=(1, 28)), kind="CronJob").injected
+    regular = inject_template(job, Options(kubernetes_version=(1, 28)), kind="CronJob").template["spec"]
+    assert regular["shareProcessNamespace"] is True and regular["containers"][-1]["name"] == "sidecar-agent"
+    config = load(config_of(regular), {})
+    assert config.app.match is not None and config.app.match.other_containers and config.app.exit_with_app
 
 
 @pytest.mark.parametrize("version", [(1, 28), (1, 33)])
