@@ -65,6 +65,10 @@ def resolve_port(container: Mapping[str, Any], port: Any) -> int | None:
 def convert(container: Mapping[str, Any], key: str, probe: Mapping[str, Any]) -> Converted | Kept:
     """The check that does what the kubelet's probe `key` of `container` did, or why it cannot."""
     kind = KINDS[key]
+    bad = [k for k in DEFAULTS if probe.get(k) is not None and (isinstance(probe[k], bool) or not isinstance(probe[k], int)
+                                                                or probe[k] < 0)]
+    if bad:
+        return Kept(f"its {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a whole number of seconds or times")
     handlers = [h for h in ("httpGet", "tcpSocket", "grpc", "exec") if probe.get(h) is not None]
     if len(handlers) != 1 or not isinstance(probe[handlers[0]], Mapping):
         return Kept("it does not have exactly one of httpGet, tcpSocket, grpc, exec")

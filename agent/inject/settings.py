@@ -80,6 +80,10 @@ def validate(config: Mapping[str, Any], generated: Mapping[str, Any], extra: Map
         # A field whose value comes from ${VAR} holds a placeholder here, not a DSN or a URL: its problems are the
         # runtime value's, which only the agent sees. Every other problem is the annotation's.
         real = [(p, m) for p, m in exc.problems if not _from_variable(config, p)]
+        ours = [(p, m) for p, m in real if p.split(".")[1:2] and p.split(".")[1] in generated and
+                p.split(".")[1] not in extra]
+        if ours:  # a check made from a probe: the probe's values, not the annotation, are at fault
+            raise InjectError("; ".join(f"the check {p} made from the container's probe: {m}" for p, m in ours)) from None
         if real:
             raise InjectError("; ".join(f"{WHERE}.{p}: {m}" if p else f"{WHERE}: {m}" for p, m in real),
                               ANNOTATION_PATH) from None

@@ -63,6 +63,7 @@ def test_grpc_health_probe_becomes_a_grpc_check(command: list[str]) -> None:
     ({"httpGet": {"host": "example.com", "path": "/", "port": 80}}, "host"),
     ({"httpGet": {"path": "/", "port": "metrics"}}, "not declared"),
     ({"httpGet": {"path": "/", "port": 80}, "tcpSocket": {"port": 80}}, "exactly one"),
+    ({"httpGet": {"path": "/", "port": 80}, "periodSeconds": "10"}, "periodSeconds is not a whole number"),
 ])
 def test_what_the_agent_cannot_do_stays_with_the_reason(probe: dict[str, Any], reason: str) -> None:
     assert reason in kept(probe).reason

@@ -159,3 +159,25 @@ def test_remove_restores_and_a_second_injection_changes_nothing(version: tuple[i
     assert list(back.template["metadata"]) == list(original["metadata"])
     assert list(back.template["spec"]["containers"][0]) == list(original["spec"]["containers"][0])
     assert not remove_template(original).injected
+
+
+@pytest.mark.parametrize(("hook", "after"), [
+    ({"sleep": {"seconds": 2}}, {"sleep": {"seconds": 5}}),
+    ({"sleep": {"seconds": 10}}, {"sleep": {"seconds": 10}}),
+    ({"exec": {"command": ["sh", "-c", "nginx -s quit"]}}, {"exec": {"command": ["sh", "-c", "sleep 5; nginx -s quit"]}}),
+    ({"exec": {"command": ["/bin/sleep", "20"]}}, {"exec": {"command": ["/bin/sleep", "20"]}}),
+])
+def test_a_users_pre_stop_hook_is_kept_after_the_drain(hook: dict[str, Any], after: dict[str, Any]) -> None:
+    t = template()
+    t["spec"]["containers"][0]["lifecycle"] = {"preStop": hook, "postStart": {"exec": {"command": ["true"]}}}
+    out = inject_template(t, Options())
+    assert out.injected
+    assert out.template["spec"]["containers"][0]["lifecycle"] == {"preStop": after, "postStart": {"exec": {"command": ["true"]}}}
+    assert remove_template(out.template).template == t
+
+
+def test_remove_refuses_a_record_that_no_longer_fits() -> None:
+    out = inject_template(template(), Options()).template
+    del out["spec"]["initContainers"]
+    with pytest.raises(InjectError, match="does not fit"):
+        remove_template(out)
