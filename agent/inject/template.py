@@ -15,7 +15,7 @@ from agent import __version__, kubelet_env
 from agent.inject import container as agent_spec
 from agent.inject import hooks, probes, settings
 from agent.inject.api import InjectError, Options, Outcome
-from agent.inject.edits import Editor, Path, undo
+from agent.inject.edits import Editor, Path, undo, walk
 from agent.lint.rules_shutdown import GRACE_MARGIN_SECONDS
 
 STATUS = "sidecar-agent.io/status"
@@ -79,21 +79,66 @@ def _skip_reason(template: Mapping[str, Any]) -> str | None:
 def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> Outcome:
     """Add the agent to a pod template ({"metadata", "spec"}); see agent.inject for the contract."""
     version = options.kubernetes_version
-    native = version >= (1, 29)
+    native, job = version >= (1, 29), kind in JOBS
     result = plain(template)
     reason = _skip_reason(result)
     if reason:
         return _skip(result, reason)
+    hooks_or_refusal = [] if job else _pre_stops(result["spec"], version)
+    if isinstance(hooks_or_refusal, str):
+        return _skip(result, hooks_or_refusal)
     edit = Editor(result)
     spec = result["spec"]
-    job = kind in JOBS
     notes: list[str] = []
-    kept: list[str] = []
-    generated: dict[str, dict[str, Any]] = {}
-    taken: set[str] = set()
     extra = settings.annotation_checks(_mapping(result.get("metadata"), "annotations"))
-    pre_stops: list[tuple[Path, dict[str, Any] | None, str | None]] = []
+    generated, kept = _probes(edit, spec, job, notes)
+    for base, hook, note in hooks_or_refusal:
+        if note:
+            notes.append(note)
+        if hook is not None:
+            container = walk(result, base)
+            if isinstance(container.get("lifecycle"), Mapping):
+                edit.set((*base, "lifecycle", "preStop"), hook)
+            else:
+                edit.set((*base, "lifecycle"), {"preStop": hook})
+    drain = 0 if job else hooks.DRAIN_SECONDS
+    grace = _grace_period(edit, spec, drain, notes)
 
+    checks = settings.merge(generated, extra)
+    config: dict[str, Any] = {"listen": f"0.0.0.0:{settings.LISTEN_PORT}"}
+    if job and not native:
+        # A regular container outlives the app, and the Job would never complete: the agent watches the app's
+        # container in the shared process namespace and exits with it (app.py: other_containers).
+        config["app"] = {"match": {"other_containers": True}, "exit_with_app": True}
+        if spec.get("shareProcessNamespace") is not True:
+            edit.set(("spec", "shareProcessNamespace"), True)
+            notes.append("shareProcessNamespace set to true: the agent sees the app finish and exits with it, so the "
+                         "Job completes")
+    config.update({"checks": checks, "shutdown": {"drain_delay": f"{drain}s", "relay_signal": False,
+                                                  "grace_period": f"{grace}s"}})
+    settings.validate(config, generated, extra)
+    env = settings.copied_env(settings.variables(extra), spec["containers"])
+    text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    agent = agent_spec.agent_container(options.image, kubelet_env.escape(text), env, native=native,
+                                       pre_stop=None if job else hooks.agent_pre_stop(native))
+    edit.append(("spec", "initContainers" if native else "containers"), agent)
+
+    if not isinstance(result.get("metadata"), Mapping):
+        edit.set(("metadata",), {})
+    if not isinstance(result["metadata"].get("annotations"), Mapping):
+        edit.set(("metadata", "annotations"), {})
+    status = {"version": __version__, "kubernetes": f"{version[0]}.{version[1]}",
+              "sidecar": "native" if native else "regular", "checks": list(checks), "kept": kept, "edits": edit.record}
+    result["metadata"]["annotations"][STATUS] = json.dumps(status, separators=(",", ":"))
+    return Outcome(result, True, notes)
+
+
+def _probes(edit: Editor, spec: dict[str, Any], job: bool, notes: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Each app container's probes made checks, and the kubelet's probes pointed at the agent; returns the checks and
+    the probes kept as they were."""
+    generated: dict[str, dict[str, Any]] = {}
+    kept: list[str] = []
+    taken: set[str] = set()
     for index, c in enumerate(spec["containers"]):
         name = str(c.get("name"))
         base: Path = ("spec", "containers", index)
@@ -114,74 +159,38 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
                 edit.set((*base, key), agent_spec.readiness())
             else:
                 edit.set((*base, key), agent_spec.startup(check, probe))
-        if not job and c.get("readinessProbe") is None:
+        if not job and c.get("readinessProbe") is None:  # the drain needs the pod's readiness on the agent
             edit.set((*base, "readinessProbe"), agent_spec.readiness())
-        if job:
-            continue
+    return generated, kept
+
+
+def _pre_stops(spec: Mapping[str, Any], version: tuple[int, int]) -> list[tuple[Path, dict[str, Any] | None, str | None]] | str:
+    """Each app container's preStop hook to write (None: keep its own) with a note, or why the pod cannot be injected."""
+    planned: list[tuple[Path, dict[str, Any] | None, str | None]] = []
+    for index, c in enumerate(spec["containers"]):
+        base: Path = ("spec", "containers", index)
         hook = _mapping(c, "lifecycle").get("preStop")
         if hook is None:
-            pre_stops.append((base, hooks.app_pre_stop(version), None))
+            planned.append((base, hooks.app_pre_stop(version), None))
             continue
         plan = hooks.existing(hook if isinstance(hook, Mapping) else {})
         if plan.refuse:
-            return _skip(plain(template), f"container {name}: {plan.refuse}")
-        pre_stops.append((base, plan.hook, f"container {name}: {plan.note}" if plan.note else None))
+            return f"container {c.get('name')}: {plan.refuse}"
+        planned.append((base, plan.hook, f"container {c.get('name')}: {plan.note}" if plan.note else None))
+    return planned
 
-    for base, hook, note in pre_stops:
-        if note:
-            notes.append(note)
-        if hook is None:
-            continue
-        c = walk_container(result, base)
-        if isinstance(c.get("lifecycle"), Mapping):
-            edit.set((*base, "lifecycle", "preStop"), hook)
-        else:
-            edit.set((*base, "lifecycle"), {"preStop": hook})
 
+def _grace_period(edit: Editor, spec: Mapping[str, Any], drain: int, notes: list[str]) -> int:
+    """terminationGracePeriodSeconds, raised to cover the drain and lint's margin when shorter, never lowered."""
     grace = spec.get("terminationGracePeriodSeconds")
-    drain = 0 if job else hooks.DRAIN_SECONDS
-    need = int(drain + GRACE_MARGIN_SECONDS)
     current = grace if isinstance(grace, int) and not isinstance(grace, bool) else DEFAULT_GRACE
-    if current < need:
-        edit.set(("spec", "terminationGracePeriodSeconds"), need)
-        notes.append(f"terminationGracePeriodSeconds raised from {current} to {need}: the drain ({drain}s) and a "
-                     f"{GRACE_MARGIN_SECONDS:g}s margin")
-        current = need
-
-    checks = settings.merge(generated, extra)
-    config: dict[str, Any] = {"listen": f"0.0.0.0:{settings.LISTEN_PORT}"}
-    if job and not native:
-        # A regular container outlives the app, and the Job would never complete: the agent watches the app's
-        # container in the shared process namespace and exits with it (app.py: other_containers).
-        config["app"] = {"match": {"other_containers": True}, "exit_with_app": True}
-        if spec.get("shareProcessNamespace") is not True:
-            edit.set(("spec", "shareProcessNamespace"), True)
-            notes.append("shareProcessNamespace set to true: the agent sees the app finish and exits with it, so the "
-                         "Job completes")
-    config.update({"checks": checks, "shutdown": {"drain_delay": f"{drain}s", "relay_signal": False,
-                                                  "grace_period": f"{current}s"}})
-    settings.validate(config, generated, extra)
-    env = settings.copied_env(settings.variables(extra), spec["containers"])
-    text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
-    agent = agent_spec.agent_container(options.image, kubelet_env.escape(text), env, native=native,
-                                       pre_stop=None if job else hooks.agent_pre_stop(native))
-    edit.append(("spec", "initContainers" if native else "containers"), agent)
-
-    if not isinstance(result.get("metadata"), Mapping):
-        edit.set(("metadata",), {})
-    if not isinstance(result["metadata"].get("annotations"), Mapping):
-        edit.set(("metadata", "annotations"), {})
-    status = {"version": __version__, "kubernetes": f"{version[0]}.{version[1]}",
-              "sidecar": "native" if native else "regular", "checks": list(checks), "kept": kept, "edits": edit.record}
-    result["metadata"]["annotations"][STATUS] = json.dumps(status, separators=(",", ":"))
-    return Outcome(result, True, notes)
-
-
-def walk_container(root: dict[str, Any], base: Path) -> dict[str, Any]:
-    node: Any = root
-    for step in base:
-        node = node[step]
-    return node  # type: ignore[no-any-return]
+    need = int(drain + GRACE_MARGIN_SECONDS)
+    if current >= need:
+        return current
+    edit.set(("spec", "terminationGracePeriodSeconds"), need)
+    notes.append(f"terminationGracePeriodSeconds raised from {current} to {need}: the drain ({drain}s) and a "
+                 f"{GRACE_MARGIN_SECONDS:g}s margin")
+    return need
 
 
 def remove(template: Mapping[str, Any]) -> Outcome:
