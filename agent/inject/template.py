@@ -105,6 +105,10 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     grace = _grace_period(edit, spec, drain, notes)
 
     checks = settings.merge(generated, extra)
+    for name, body in extra.items():
+        if name not in generated and isinstance(body, Mapping) and "liveness" in (body.get("probes") or ()):
+            notes.append(f"check {name} of {settings.CHECKS_ANNOTATION} is under liveness, but each container's liveness "
+                         "asks only the check made from its own probe: it shows in /livez and /status, and restarts nothing")
     config: dict[str, Any] = {"listen": f"0.0.0.0:{settings.LISTEN_PORT}"}
     if job and not native:
         # A regular container outlives the app, and the Job would never complete: the agent watches the app's

@@ -181,3 +181,8 @@ def test_remove_refuses_a_record_that_no_longer_fits() -> None:
     del out["spec"]["initContainers"]
     with pytest.raises(InjectError, match="does not fit"):
         remove_template(out)
+
+
+def test_an_annotation_check_under_liveness_is_said_to_restart_nothing() -> None:
+    out = inject_template(template("own:\n  type: tcp\n  address: 127.0.0.1:9000\n  probes: [liveness]\n"), Options())
+    assert any("check own" in n and "restarts nothing" in n for n in out.notes)
