@@ -46,6 +46,8 @@ def describe_match(match: AppMatch | None, pid: int | None = None) -> str:
         return f"pidfile {match.pidfile}"
     if match.name:
         return f"name {match.name!r}"
+    if match.other_containers:
+        return "the pod's other containers"
     return f"cmdline /{match.cmdline}/"
 
 
@@ -181,6 +183,8 @@ class AppMonitor:
                 return None, f"the pidfile {self.match.pidfile} is stale: pid {process.pid} started after it was written"
             return process, None
         me = os.getpid()
+        if self.match.other_containers:
+            return other_containers(me), None
         candidates = []
         for proc in psutil.process_iter(["pid", "name", "cmdline", "create_time"]):
             info = proc.info
@@ -227,6 +231,41 @@ class AppMonitor:
             rate = max(0.0, (cpu - previous.cpu_seconds) / (now - previous.at))
         return AppSample(pid=process.pid, create_time=create_time, name=name, status=status, rss=rss,
                          threads=threads, fds=fds, cpu_seconds=cpu, cpu_rate=rate, at=now)
+
+
+def _mount_namespace(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None  # another user's process: its namespace links need ptrace access, which the agent lacks
+
+
+def other_containers(me: int) -> psutil.Process | None:
+    """The oldest top-level process of another container in the pod's shared process namespace.
+
+    A container's first process has no parent in the pod's PID namespace (the runtime that started it is outside),
+    so it shows parent pid 0; pid 1 is the pause process. The agent's own container (its top process, and anything
+    exec'd into it) is left out by its mount namespace, where that can be read, and by ancestry. Only /proc/PID/stat
+    is needed, which any user may read, unlike the namespace links of another user's processes.
+    """
+    own_ns = _mount_namespace("self")
+    ancestors = set()
+    try:
+        process: psutil.Process | None = psutil.Process(me)
+        while process is not None:
+            ancestors.add(process.pid)
+            process = process.parent()
+    except psutil.Error:
+        pass
+    candidates = []
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "create_time"]):
+        info = proc.info
+        if info["ppid"] != 0 or info["pid"] == 1 or info["pid"] in ancestors or not info["cmdline"]:
+            continue  # not a container's first process, the pause process, the agent's own, or a kernel thread
+        if own_ns is not None and _mount_namespace(info["pid"]) == own_ns:
+            continue  # exec'd into the agent's container (its preStop hook)
+        candidates.append(proc)
+    return min(candidates, key=lambda p: (p.info["create_time"], p.pid), default=None)
 
 
 def _process_or_none(pid: int) -> psutil.Process | None:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from agent import __version__, logs, threads
+from agent import IMAGE, __version__, logs, threads
 from agent.checks import PluginError
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
 from agent.probes import Probe
@@ -54,11 +54,30 @@ def _parser() -> argparse.ArgumentParser:
     lint.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="Kubernetes YAML files, or directories of them")
     lint.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: %(default)s)")
     lint.add_argument("--agent-config", metavar="FILE", help="the agent's config (default: the ConfigMap the pod mounts)")
+    inject = sub.add_parser("inject", help="add the agent to every pod template in Kubernetes YAML, printed on stdout")
+    inject.add_argument("paths", nargs="*", metavar="FILE|DIR|-", help="YAML files, directories of them, or - for stdin "
+                        "(the default)")
+    inject.add_argument("--kubernetes-version", default="1.33", metavar="X.Y",
+                        help="the cluster's version: native sidecar from 1.29 (default: %(default)s)")
+    inject.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
+    inject.add_argument("--remove", action="store_true", help="take an injection back out, restoring the pod templates")
+    stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a preStop hook)")
+    stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit on loopback at the port of "
+                      "$SIDECAR_AGENT_LISTEN, else 8686)")
     return parser
 
 
+CONFIG_TEXT_ENV = "SIDECAR_AGENT_CONFIG_YAML"
+
+
 def read_config(path: str | None, env: Mapping[str, str], *, app_is_child: bool = False) -> Config:
-    """Load the config at `path`, or the embedded default when there is none."""
+    """Load the config at `path`, else the one in $SIDECAR_AGENT_CONFIG_YAML (injected pods), else the embedded default."""
+    if path is None and env.get(CONFIG_TEXT_ENV):
+        try:
+            return load(env[CONFIG_TEXT_ENV], env, app_is_child=app_is_child)
+        except ConfigError as exc:
+            raise UsageError("\n".join(f"{CONFIG_TEXT_ENV}: {p}: {m}" if p else f"{CONFIG_TEXT_ENV}: {m}"
+                                       for p, m in exc.problems)) from None
     if path is None:
         return load(DEFAULT_CONFIG, env, app_is_child=app_is_child)
     try:
@@ -189,8 +208,45 @@ def cmd_lint(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 1 if result.failed else EXIT_OK
 
 
+def cmd_inject(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from agent.inject import Options
+    from agent.inject.documents import run
+    from agent.lint import InputError
+
+    try:
+        major, minor = (int(part) for part in args.kubernetes_version.split("."))
+    except ValueError:
+        raise UsageError(f"sidecar-agent inject: --kubernetes-version: expected X.Y like 1.33, got {args.kubernetes_version!r}"
+                         ) from None
+    try:
+        report = run(args.paths, Options(image=args.image, kubernetes_version=(major, minor)), undo=args.remove)
+    except InputError as exc:
+        raise UsageError(f"sidecar-agent inject: {exc}") from None
+    sys.stdout.write(report.text)
+    for note in report.notes:
+        print(f"sidecar-agent inject: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from agent.waiting import request_stop
+
+    url = args.url
+    if url is None:
+        port = 8686
+        if env.get("SIDECAR_AGENT_LISTEN"):
+            try:
+                port = parse_address(env["SIDECAR_AGENT_LISTEN"], default_host="0.0.0.0", any_port=True)[1]
+            except ValueError as exc:
+                raise UsageError(f"sidecar-agent stop: SIDECAR_AGENT_LISTEN: {exc}") from None
+        url = f"http://127.0.0.1:{port}/quitquitquit"
+    accepted, report = request_stop(url)
+    print(report, file=sys.stdout if accepted else sys.stderr)
+    return EXIT_OK if accepted else 1
+
+
 COMMANDS = {"run": cmd_run, "exec": cmd_exec, "wait": cmd_wait, "check-config": cmd_check_config, "schema": cmd_schema,
-            "lint": cmd_lint}
+            "lint": cmd_lint, "inject": cmd_inject, "stop": cmd_stop}
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

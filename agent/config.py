@@ -66,6 +66,7 @@ class AppMatch:
     pidfile: str | None = None
     name: str | None = None
     cmdline: str | None = None
+    other_containers: bool | None = None  # true: the pod's other containers, in a shared process namespace
 
 
 @dataclass(frozen=True)
@@ -140,9 +141,15 @@ ADMIN = Section([optional("token_file", Str(), "file holding the bearer token fo
                  optional("token_env", Str(), "environment variable holding the bearer token")], AdminConfig)
 MATCH = Section([optional("pidfile", Str(), "file holding the app's pid"),
                  optional("name", Str(), "the app's process name"),
-                 optional("cmdline", Regex(), "regex searched in the app's command line")],
-                AppMatch, one_of=("pidfile", "name", "cmdline"))
-APP = Section([optional("match", MATCH, "how to find the app process: exactly one of pidfile, name, cmdline"),
+                 optional("cmdline", Regex(), "regex searched in the app's command line"),
+                 optional("other_containers", Bool(), "true: the processes of the pod's other containers (shared process "
+                          "namespace), for a pod spec that names no command")],
+                AppMatch, one_of=("pidfile", "name", "cmdline", "other_containers"),
+                check=lambda match, path, problems: problems.add(f"{path}.other_containers", "only true means anything; "
+                                                                 "leave it out otherwise")
+                if match.other_containers is False else None)
+APP = Section([optional("match", MATCH, "how to find the app process: exactly one of pidfile, name, cmdline, "
+                        "other_containers"),
                Field("exit_with_app", Bool(), False, "exit when the app exits (Jobs)")], AppConfig)
 DRAIN_CONNECTIONS = Section([Field("port", Number(integer=True, minimum=1, maximum=65535), doc="the app's serving port"),
                              Field("timeout", Duration(positive=True), doc="the longest to wait for its connections")],

@@ -25,7 +25,7 @@ TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 class PrestopWait(Protocol):
     """What /prestop needs of the shutdown sequence (agent.shutdown.Shutdown)."""
 
-    async def wait_for_prestop(self) -> str: ...
+    async def wait_for_prestop(self, *, bounded: bool = False) -> str | None: ...
 
 
 class Controls(Protocol):
@@ -66,6 +66,7 @@ class ProbeServer:
         router.add_get("/metrics", self.get_metrics)
         router.add_post("/heartbeat/{name}", self.post_heartbeat)
         router.add_get("/prestop", self._admin(self.prestop))
+        router.add_get("/prestop/wait", self.prestop_wait)
         router.add_post("/quitquitquit", self._admin(self.quitquitquit))
         router.add_post("/admin/drain", self._admin(self.drain))
         router.add_post("/admin/undrain", self._admin(self.undrain))
@@ -152,6 +153,17 @@ class ProbeServer:
         """Start the sequence and hold the kubelet's preStop hook until the app is stopped (or the drain is over)."""
         self.controls.trigger("GET /prestop")
         outcome = await self.controls.shutdown.wait_for_prestop()
+        return web.Response(text=f"shutdown: {outcome}\n", content_type=TEXT)
+
+    async def prestop_wait(self, request: web.Request) -> web.Response:
+        """Hold an app container's preStop hook until the ordered stop has drained (or stopped the app).
+
+        It triggers nothing, so it needs no token: the sequence starts from the agent's SIGTERM or its own preStop.
+        A caller with no stop under way is answered 503 after the grace period, which bounds a hook anyway.
+        """
+        outcome = await self.controls.shutdown.wait_for_prestop(bounded=True)
+        if outcome is None:
+            return web.Response(status=503, text="no ordered stop under way\n", content_type=TEXT)
         return web.Response(text=f"shutdown: {outcome}\n", content_type=TEXT)
 
     async def quitquitquit(self, request: web.Request) -> web.Response:

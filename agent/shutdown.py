@@ -93,10 +93,18 @@ class Shutdown:
         self._started_at = self.clock()
         self.task = asyncio.create_task(self._sequence(reason, app_gone), name="shutdown")
 
-    async def wait_for_prestop(self) -> str:
+    async def wait_for_prestop(self, *, bounded: bool = False) -> str | None:
         """Hold a preStop hook until the app is stopped (or, when the signal is not relayed, the drain is over);
-        the sequence's outcome."""
-        await (self.stopped.wait() if self.config.relay_signal else self.drained.wait())
+        the sequence's outcome. `bounded`: give up after the grace period and return None (a hook that only waits
+        for a stop that something else starts)."""
+        done = self.stopped if self.config.relay_signal else self.drained
+        if not bounded:
+            await done.wait()
+        else:
+            try:
+                await asyncio.wait_for(done.wait(), self.config.grace_period)
+            except TimeoutError:
+                return None
         return self.report.outcome or "drained"
 
     def skip_waits(self) -> None:

@@ -1,4 +1,5 @@
-"""`sidecar-agent wait`: poll the agent's readiness until it passes or time runs out (standard library only)."""
+"""`sidecar-agent wait` and `stop`: poll the agent's readiness until it passes or time runs out, and start its ordered
+stop over loopback (standard library only)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,18 @@ def wait_ready(url: str, timeout: float, *, clock: Callable[[], float] = time.mo
         return False, f"not ready after {timeout:g}s: {body}"
     failing = [line for line in body.splitlines() if line.startswith("[-]")] or body.splitlines()[:5]
     return False, f"not ready after {timeout:g}s (HTTP {status}); still failing:\n" + "\n".join(failing)
+
+
+def request_stop(url: str, timeout: float = 5.0) -> tuple[bool, str]:
+    """POST to the agent's /quitquitquit (loopback needs no token): (True, ...) once it has started its ordered stop."""
+    if not url.startswith(("http://", "https://")):
+        return False, f"expected an http:// URL, got {url!r}"
+    request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 - http(s) only, checked above
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the agent on loopback
+            return True, f"{url}: {response.read(1024).decode('utf-8', 'replace').strip()}"
+    except urllib.error.HTTPError as exc:
+        return False, f"{url}: HTTP {exc.code}: {exc.read(1024).decode('utf-8', 'replace').strip()}"
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"agent not reachable at {url}: {getattr(reason, 'strerror', None) or reason}"

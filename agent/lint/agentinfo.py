@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from agent import checks
+from agent import checks, kubelet_env
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, load, parse_yaml
 from agent.fields import env_references
 from agent.lint.commands import option, simple_commands
@@ -20,6 +20,7 @@ AGENT_NAME = "sidecar-agent"
 DEFAULT_PORT = 8686
 DAEMONS = ("run", "exec")
 PLACEHOLDER = "lint-placeholder"
+CONFIG_TEXT_ENV = "SIDECAR_AGENT_CONFIG_YAML"
 _K8S_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -185,7 +186,8 @@ def _join(path: str, message: str) -> str:
 
 def find_agent(workload: Workload, objects: Sequence[DataObject], given: tuple[str, str] | None = None) -> Agent | None:
     """The agent of a workload, with its config: `given` ((origin, text), from --agent-config), else the ConfigMap or
-    Secret mounted where its --config (or SIDECAR_AGENT_CONFIG) points, else the embedded default."""
+    Secret mounted where its --config (or SIDECAR_AGENT_CONFIG) points, else the text of SIDECAR_AGENT_CONFIG_YAML (an
+    injected pod's), else the embedded default."""
     found = find_agent_container(workload.pod)
     if found is None:
         return None
@@ -195,6 +197,13 @@ def find_agent(workload: Workload, objects: Sequence[DataObject], given: tuple[s
         settings = load_permissive(given[1], container.env, app_is_child=mode == "exec", origin=given[0])
     elif "SIDECAR_AGENT_CONFIG" in container.env and container.env["SIDECAR_AGENT_CONFIG"] is None and path is None:
         settings = AgentConfig(None, "SIDECAR_AGENT_CONFIG", missing="SIDECAR_AGENT_CONFIG is set from a Secret or a field")
+    elif path is None and CONFIG_TEXT_ENV in container.env:
+        text = container.env[CONFIG_TEXT_ENV]
+        if text is None:
+            settings = AgentConfig(None, CONFIG_TEXT_ENV, missing=f"{CONFIG_TEXT_ENV} is set from a Secret or a field")
+        else:
+            settings = load_permissive(kubelet_env.expand(text, container.env.get), container.env,
+                                       app_is_child=mode == "exec", origin=f"env {CONFIG_TEXT_ENV}")
     elif path is None:
         settings = load_permissive(DEFAULT_CONFIG, container.env, app_is_child=mode == "exec", origin="the embedded default")
     else:

@@ -94,6 +94,17 @@ def is_local(host: str) -> bool:
     return is_loopback_host(host) or host == "0.0.0.0"
 
 
+def sleeps_first(argv: Sequence[str]) -> int | None:
+    """The seconds a command sleeps before anything else (`sleep 10`, `sh -c "sleep 10; nginx -s quit"`), if it does."""
+    commands = simple_commands(argv)
+    if not commands:
+        return None
+    name, args = program(commands[0])
+    if name == "sleep" and len(args) == 1 and args[0].rstrip("s").isdigit():
+        return int(args[0].rstrip("s"))
+    return None
+
+
 def _host_port(text: str) -> tuple[str, int | None]:
     host, sep, port = text.rpartition(":")
     if sep and port.isdigit() and not host.endswith(":"):
@@ -117,6 +128,8 @@ def targets(argv: Sequence[str]) -> list[Target]:
                 found.append(Target("" if is_local(url_host) else url_host, url_port, path, name))
         if waits and option(args, ("--url",)) is None:  # its default URL is the agent's readiness
             found.append(Target("", 8686, f"/{Probe.READINESS.path}", name))
+        if name == "sidecar-agent" and args[:1] == ["stop"] and option(args, ("--url",)) is None:
+            found.append(Target("", 8686, "/quitquitquit", name))  # its default URL: the agent's stop, on loopback
         if name in DNS_TOOLS:
             found.append(Target(next((a for a in args if not a.startswith("-")), "a DNS server"), None, None, name))
         if name not in CLIENT_HOST_FLAGS:

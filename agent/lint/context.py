@@ -19,7 +19,8 @@ def endpoint(path: str) -> str:
     for name in PATHS:
         if bare == f"/{name}" or bare.startswith(f"/{name}/"):
             return name
-    return bare.lstrip("/") if bare in ("/agent/livez", "/agent/readyz", "/prestop") else bare
+    return bare.lstrip("/") if bare in ("/agent/livez", "/agent/readyz", "/prestop", "/prestop/wait", "/quitquitquit") \
+        else bare
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ class Handler:
     headers: tuple[tuple[str, str], ...] = ()
     command: tuple[str, ...] = ()
     service: str = ""
+    seconds: int | None = None  # a sleep action's
     all_types: tuple[str, ...] = ()  # every handler key present: the API server wants exactly one
     line: int | None = field(default=None, compare=False)
 
@@ -240,7 +241,9 @@ class _Reader:
                            line=line)
         if kind == "exec":
             return Handler(kind, command=self.texts(body, "command", where), all_types=present, line=line)
-        return Handler(kind, all_types=present, line=line)  # sleep
+        if kind == "sleep":
+            return Handler(kind, seconds=self.integer(body, "seconds", where), all_types=present, line=line)
+        return Handler(kind, all_types=present, line=line)
 
     def probe(self, kind: str, node: Mapping[str, Any], path: str, line: int | None) -> Probe:
         given = {}

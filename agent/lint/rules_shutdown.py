@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from agent.lint.commands import targets
+from agent.lint.commands import sleeps_first, targets
 from agent.lint.context import Context, endpoint
 from agent.lint.findings import Finding
 from agent.lint.model import Container, Handler
@@ -35,10 +35,38 @@ def prestop_missing(ctx: Context) -> Iterator[Finding]:
                               "orders the stop only when the hook waits on its /prestop", _hook_fix(ctx.agent.port))
 
 
+def _drain(ctx: Context) -> float:
+    """The agent's drain budget, or its default when the config could not be read."""
+    config = ctx.agent.config if ctx.agent is not None else None
+    return config.shutdown.drain_budget if config is not None else 5.0
+
+
+def _agent_hears_at_once(ctx: Context) -> bool:
+    """The agent learns of the pod's deletion at t=0: as a regular container from its SIGTERM; as a native sidecar
+    (SIGTERM only after the app exits) from its own preStop hook calling its stop on loopback."""
+    assert ctx.agent is not None
+    c = ctx.agent.container
+    if not c.sidecar:
+        return True
+    hook = c.pre_stop
+    return hook is not None and hook.type == "exec" and any(
+        not t.host and t.port == ctx.agent.port and endpoint(t.path or "") in ("prestop", "quitquitquit")
+        for t in targets(hook.command))
+
+
 def _calls_prestop(ctx: Context, c: Container, h: Handler) -> str | None:
-    """None when the hook calls /prestop on the agent; else what it does instead."""
+    """None when the hook orders the container's SIGTERM after the drain; else what it does instead.
+
+    Three hooks do: a call of /prestop on the agent; a call of /prestop/wait, which only waits for a sequence the agent
+    started itself (see _agent_hears_at_once); and, when the agent relays no signal (the kubelet's SIGTERM is the
+    app's stop signal), a sleep at least as long as the drain (a sleep action, or an exec hook whose first command
+    sleeps), which holds that SIGTERM back.
+    """
     assert ctx.agent is not None
     port = ctx.agent.port
+    drain = _drain(ctx)
+    config = ctx.agent.config
+    sleep_orders = config is not None and not config.shutdown.relay_signal
     if h.type == "httpGet":
         resolved = c.resolve(h.port)
         if h.host:
@@ -47,13 +75,27 @@ def _calls_prestop(ctx: Context, c: Container, h: Handler) -> str | None:
             return None  # a name that does not resolve: probe-port-unresolved says so
         if resolved != port:
             return f"calls port {resolved}, not the agent's {port}"
+        if endpoint(h.path) == "prestop/wait":
+            if _agent_hears_at_once(ctx):
+                return None
+            return ("waits on /prestop/wait, but nothing starts the agent's stop: a native sidecar gets its SIGTERM only "
+                    "after the app has exited, so the agent needs its own preStop hook (exec: sidecar-agent stop)")
         return None if endpoint(h.path) == "prestop" else f"calls {h.path} instead of /prestop"
     if h.type == "exec":
         if any(not t.host and t.port == port and endpoint(t.path or "") == "prestop" for t in targets(h.command)):
             return None
+        slept = sleeps_first(h.command) if sleep_orders else None
+        if slept is not None and slept >= drain:
+            return None
+        if slept is not None:
+            return f"sleeps {slept}s, less than the agent's drain ({drain:g}s)"
         return f"runs `{' '.join(h.command)[:60]}` instead of calling http://127.0.0.1:{port}/prestop"
     if h.type == "sleep":
-        return "only sleeps"
+        if not sleep_orders:
+            return "only sleeps"
+        if h.seconds is not None and h.seconds >= drain:
+            return None
+        return f"only sleeps {h.seconds}s, less than the agent's drain ({drain:g}s)"
     return f"uses {h.type or 'no action'}"
 
 
@@ -177,7 +219,7 @@ def grace_period_too_short(ctx: Context) -> Iterator[Finding]:
 def drain_shorter_than_readiness(ctx: Context) -> Iterator[Finding]:
     """drain_delay shorter than the time the kubelet needs to see readiness fail."""
     agent = ctx.agent
-    if agent is None or agent.config is None:
+    if agent is None or agent.config is None or ctx.workload.kind in NO_ROLLOUT:
         return
     drain = agent.config.shutdown.drain_delay
     for c in ctx.apps:

@@ -117,11 +117,12 @@ class WebApp:
 
 
 @contextmanager
-def start_web_app(folder: Path, timeout: float = 20.0) -> Iterator[WebApp]:
+def start_web_app(folder: Path, timeout: float = 20.0, sick_file: Path | None = None) -> Iterator[WebApp]:
     """Start tests/e2e/web_app.py on a free port; kill it (by pid) afterwards if it still runs."""
     marker = f"e2e-web-app-{os.getpid()}-{os.urandom(4).hex()}"
     log, port_file = folder / f"{marker}.log", folder / f"{marker}.port"
-    proc = subprocess.Popen([sys.executable, str(WEB_APP), "--log", str(log), "--port-file", str(port_file), marker])
+    sick = ["--sick-file", str(sick_file)] if sick_file is not None else []
+    proc = subprocess.Popen([sys.executable, str(WEB_APP), "--log", str(log), "--port-file", str(port_file), *sick, marker])
     try:
         deadline = time.monotonic() + timeout
         while not port_file.exists():

@@ -1,7 +1,7 @@
 """The app of the pod simulation: a small threaded HTTP server that shuts down the way a typical app does.
 
-`python web_app.py --log FILE --port-file FILE MARKER`: serves `GET /` (a little work, then 200) and
-`GET /healthz` on a free port of 127.0.0.1, writes that port to `--port-file`, and records with
+`python web_app.py --log FILE --port-file FILE [--sick-file FILE] MARKER`: serves `GET /` (a little work, then 200)
+and `GET /healthz` (503 while the sick file exists) on a free port of 127.0.0.1, writes that port to `--port-file`, and records with
 CLOCK_MONOTONIC (time.monotonic(), shared by every process on the machine) when it started, when SIGTERM
 came, when it stopped accepting and when it exited. On SIGTERM it stops accepting (the serve loop ends
 and the listening socket is closed, so connections still in the backlog are reset), finishes the requests
@@ -24,14 +24,17 @@ WORK_SECONDS = 0.002  # each request does a little "work", so some are in flight
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection, closed after the answer
+    sick_file: str | None = None
 
     def do_GET(self) -> None:
+        status = 200
         if self.path == "/healthz":
-            body = b"ok\n"
+            sick = self.sick_file is not None and os.path.exists(self.sick_file)
+            status, body = (503, b"sick\n") if sick else (200, b"ok\n")
         else:
             time.sleep(WORK_SECONDS)
             body = b"hello from the app\n"
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -51,8 +54,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--log", required=True)
     parser.add_argument("--port-file", required=True)
+    parser.add_argument("--sick-file", help="/healthz answers 503 while this file exists")
     parser.add_argument("marker", nargs="?")
     args = parser.parse_args()
+    Handler.sick_file = args.sick_file
     log = open(args.log, "a", buffering=1)  # noqa: SIM115 - open for the whole life of the app
 
     def record(what: str) -> None:

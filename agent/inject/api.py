@@ -1,0 +1,33 @@
+"""The public types of injection: options in, an outcome (or an InjectError naming the key path) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import IMAGE
+
+# The newest Kubernetes minor the output is written for unless told otherwise: native sidecars are GA there and the
+# preStop sleep action is on by default; an older cluster is named with --kubernetes-version.
+DEFAULT_KUBERNETES = (1, 33)
+
+
+class InjectError(Exception):
+    """Bad input: the message names the key path; `path` is the keys from the pod template to the bad node."""
+
+    def __init__(self, message: str, path: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+@dataclass(frozen=True)
+class Options:
+    image: str = IMAGE
+    kubernetes_version: tuple[int, int] = DEFAULT_KUBERNETES
+
+
+@dataclass(frozen=True)
+class Outcome:
+    template: dict[str, Any]  # the pod template after injection; equal to the input when skipped or unchanged
+    injected: bool  # False when skipped (opted out, already injected, hostNetwork, ...)
+    notes: list[str] = field(default_factory=list)  # warnings: why skipped, probes left as they were, ...

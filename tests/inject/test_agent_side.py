@@ -1,0 +1,54 @@
+"""What an injected pod needs of the agent: its config from SIDECAR_AGENT_CONFIG_YAML, `/prestop/wait` that only
+waits, and `sidecar-agent stop` that starts the ordered stop over loopback."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from agent.testing import run_agent
+
+CONFIG = ("log: {level: info, format: json}\n"
+          "checks:\n  from-env: {type: tcp, address: '127.0.0.1:1', probes: [], interval: 1s}\n"
+          "shutdown: {drain_delay: 1s, relay_signal: false}\n")
+
+
+def test_run_reads_its_config_from_the_environment_when_no_file_is_named() -> None:
+    with run_agent(None, env={"SIDECAR_AGENT_CONFIG_YAML": CONFIG}) as agent:
+        assert list(agent.status()["checks"]) == ["from-env"]
+
+
+def test_a_bad_config_in_the_environment_is_a_usage_error() -> None:
+    done = subprocess.run([sys.executable, "-m", "agent", "run"], capture_output=True, text=True, timeout=60,
+                          env={"SIDECAR_AGENT_CONFIG_YAML": "checks: {x: {type: tcp}}\n", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2
+    assert "SIDECAR_AGENT_CONFIG_YAML: checks.x.address" in done.stderr
+
+
+def test_prestop_wait_waits_for_a_stop_it_does_not_start() -> None:
+    with run_agent(None, env={"SIDECAR_AGENT_CONFIG_YAML": CONFIG}) as agent:
+        answers: list[tuple[int, str]] = []
+        waiter = threading.Thread(target=lambda: answers.append(agent.get("/prestop/wait", timeout=30)))
+        waiter.start()
+        time.sleep(1.0)
+        assert answers == [] and agent.status()["phase"] == "running", "a caller alone changes nothing"
+        sent = time.monotonic()
+        agent.signal(signal.SIGTERM)
+        waiter.join(30)
+        assert answers == [(200, "shutdown: not_relayed\n")]
+        assert time.monotonic() - sent >= 1.0, "it returns once the drain is over"
+        assert agent.wait_exit(30) == 0
+
+
+def test_stop_starts_the_ordered_stop_on_loopback() -> None:
+    with run_agent(None, env={"SIDECAR_AGENT_CONFIG_YAML": CONFIG}) as agent:
+        done = subprocess.run([sys.executable, "-m", "agent", "stop"], capture_output=True, text=True, timeout=60,
+                              env={"SIDECAR_AGENT_LISTEN": f"127.0.0.1:{agent.port}", "PATH": "/usr/bin:/bin"})
+        assert done.returncode == 0, done.stderr
+        assert agent.wait_exit(30) == 0
+    refused = subprocess.run([sys.executable, "-m", "agent", "stop", "--url", f"http://127.0.0.1:{agent.port}/quitquitquit"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "not reachable" in refused.stderr
