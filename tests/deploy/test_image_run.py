@@ -30,7 +30,7 @@ from agent.config import DEFAULT_CONFIG, load
 from tests.deploy.manifests import ROOT
 from tests.servers import free_port
 
-# A fresh clone debootstraps the base first (about 70 s) and both builds download their wheels.
+# A fresh clone debootstraps the base first (about a minute) and both builds download their wheels.
 pytestmark = pytest.mark.timeout(1200)
 
 BUILD = ROOT / ".ci" / "build-image"
@@ -70,13 +70,26 @@ def buildah(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def built() -> dict[str, str]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Both images, built from this checkout; a failed build fails the tests that use them, with the build's words."""
     for name in ("buildah", "podman", "debootstrap"):
         tool(name)
-    done = subprocess.run([str(BUILD), "all", "none"], cwd=ROOT, capture_output=True, text=True, timeout=1100)
-    if done.returncode != 0:
-        pytest.fail(f".ci/build-image failed (exit {done.returncode}):\n{done.stderr[-4000:]}", pytrace=False)
+    log = tmp_path_factory.mktemp("build") / "build-image.log"
+    with log.open("wb") as sink:
+        build = subprocess.Popen([str(BUILD), "all", "none"], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        code = build.wait(timeout=1100)
+    finally:
+        if build.poll() is None:  # timed out or interrupted: TERM lets buildah and the script clean up after themselves
+            os.killpg(build.pid, signal.SIGTERM)
+            try:
+                build.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(build.pid, signal.SIGKILL)
+                build.wait()
+    if code != 0:
+        pytest.fail(f".ci/build-image failed (exit {code}):\n{log.read_text(errors='replace')[-4000:]}", pytrace=False)
     return IMAGES
 
 
