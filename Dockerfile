@@ -9,9 +9,9 @@
 # slim base, so no build tool, compiler, pip or pip cache reaches the image that runs.
 # The tag is agent.IMAGE, sidecar-agent:<package version>; docs/image.md says how to push it.
 #
-# Tested by .ci/build-image with buildah, on a stand-in for the base where no registry is reachable:
-# Debian 12 with Debian's Python, so 3.11 in /usr/bin (python, pip linked from /usr/local/bin)
-# instead of 3.12 in /usr/local/bin. Everything below holds on both.
+# The tests build and run it (.ci/build-image, buildah) where no registry is reachable, on a stand-in
+# for the base: Debian 12 with Debian's Python, so 3.11 in /usr/bin (python and pip linked from
+# /usr/local/bin) instead of 3.12 in /usr/local/bin. Nothing below depends on the difference.
 
 ARG PYTHON_VERSION=3.12
 
