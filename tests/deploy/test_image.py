@@ -1,8 +1,9 @@
-"""The Dockerfile and .dockerignore: no Docker engine here, so the image is linted and its inputs checked.
+"""The Dockerfile and .dockerignore, read without building (test_image_run.py builds and runs the image).
 
 hadolint reports nothing; the Dockerfile keeps the promised shape (multi-stage, slim official base, numeric
-non-root user, port, entrypoint); every file it copies exists and survives .dockerignore; and the wheel its
-build stage makes, built from exactly that context, holds the whole package and the console script.
+non-root user, port, entrypoint); every file it copies exists and survives .dockerignore; the wheel its
+build stage makes, built from exactly that context, holds the whole package and the console script; and
+every place that names the image names the one reference, agent.IMAGE.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
+import agent
 from agent.config import Config
 from tests.deploy.manifests import ROOT
 
@@ -137,7 +140,7 @@ def test_the_wheel_is_installed_with_the_extras_of_a_build_arg() -> None:
     extras = build_args()["EXTRAS"]
     optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert extras == "all" and extras in optional
-    run = next(rest for keyword, rest in stages()[0] if keyword == "RUN")
+    run = next(rest for keyword, rest in stages()[0] if keyword == "RUN" and "pip wheel" in rest)
     assert "/wheels/sidecar_agent-*.whl)${EXTRAS:+[${EXTRAS}]}" in run
     for value, suffix in (("all", "[all]"), ("redis,grpc", "[redis,grpc]"), ("", "")):
         shown = subprocess.run(["sh", "-c", 'echo "x.whl${EXTRAS:+[${EXTRAS}]}"'], env={"EXTRAS": value},
@@ -200,3 +203,31 @@ def test_the_build_stage_makes_a_complete_wheel_from_the_context(tmp_path: Path)
     assert modules <= names, sorted(modules - names)
     assert re.search(r"^sidecar-agent = agent\.cli:main$", entry_points, re.M)
     assert re.search(r"^Provides-Extra: all$", metadata, re.M)
+
+
+def agent_images_in_the_manifests() -> list[tuple[str, str]]:
+    found = []
+    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            pod = ((document or {}).get("spec") or {}).get("template", {}).get("spec", {})
+            for container in pod.get("initContainers", []) + pod.get("containers", []):
+                if container["name"] == "sidecar-agent":
+                    found.append((path.name, container["image"]))
+    return found
+
+
+def test_every_place_that_names_the_image_names_the_one_reference() -> None:
+    assert f"sidecar-agent:{agent.__version__}" == agent.IMAGE
+    manifests = agent_images_in_the_manifests()
+    assert {name for name, _ in manifests} >= {"job.yaml", "native-sidecar.yaml", "regular-sidecar.yaml"}
+    assert all(image == agent.IMAGE for _, image in manifests), manifests
+    assert re.search(rf"^# .*docker build -t {re.escape(agent.IMAGE)} \.$", DOCKERFILE.read_text(), re.M)
+    assert f"docker build -t {agent.IMAGE} ." in (ROOT / "docs" / "image.md").read_text()
+    # The build script tags what it builds with agent.IMAGE itself, not a copy of it.
+    assert "agent.IMAGE" in (ROOT / ".ci" / "build-image").read_text()
+    # What `sidecar-agent inject` writes when --image is not given, read from the command's own parser.
+    from agent.cli import _parser
+    assert _parser().parse_args(["inject", "-"]).image == agent.IMAGE
+    for doc in ("README.md", "docs/image.md", "docs/deploy.md", "docs/inject.md"):
+        versions = set(re.findall(r"sidecar-agent:(\d[\w.+-]*\w)", (ROOT / doc).read_text()))
+        assert versions and all(v == agent.__version__ or v.startswith(f"{agent.__version__}-") for v in versions), (doc, versions)
