@@ -83,6 +83,7 @@ class ShutdownConfig:
     relay_signal: bool = True
     stop_signal: str = "SIGTERM"
     stop_timeout: float = 20.0
+    stop_scope: str = "group"
     drain_connections: DrainConnections | None = None
     grace_period: float = 30.0
 
@@ -154,6 +155,8 @@ SHUTDOWN = Section([
     Field("relay_signal", Bool(), True, "send stop_signal to the app after draining"),
     Field("stop_signal", SignalName(), "SIGTERM"),
     Field("stop_timeout", Duration(positive=True), 20.0, "how long the app may take to exit before SIGKILL"),
+    Field("stop_scope", Enum(["group", "process"]), "group",
+          "group: the stop signal and the final SIGKILL reach the app's process group; process: the app alone"),
     optional("drain_connections", DRAIN_CONNECTIONS),
     Field("grace_period", Duration(positive=True), 30.0, "the pod's terminationGracePeriodSeconds"),
 ], ShutdownConfig)

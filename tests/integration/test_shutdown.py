@@ -99,7 +99,10 @@ def test_an_app_that_ignores_sigterm_is_killed_only_after_stop_timeout(start_app
         died = time.monotonic()
         signalled = app.when("SIGTERM")
         assert signalled is not None and died - signalled >= 1.0
-        assert "the app did not exit within stop_timeout 1s; sending SIGKILL" in messages(agent)
+        pid = app.proc.pid
+        assert any(m.startswith(f"the app did not exit within stop_timeout 1s: pid {pid} (")
+                   and f") still runs; sending SIGKILL to pid {pid} (" in m for m in messages(agent))
+
 
 
 def test_a_second_sigterm_changes_nothing(start_app) -> None:  # type: ignore[no-untyped-def]
