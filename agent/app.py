@@ -149,12 +149,11 @@ class AppMonitor:
         return pgid, None
 
     def kill(self, scope: str) -> list[Member]:
-        """SIGKILL what is left: every process recorded with the stop signal (scope group) or the app alone."""
+        """SIGKILL every process recorded with the stop signal that still runs (and the group, if it was signalled):
+        whatever the scope, nothing of the app is left running after stop_timeout."""
         members = still_running(self._snapshot or ([self.target] if self.target else []))
         if scope == "group" and self._group is not None:
             signal_group(self._group, signal.SIGKILL, members)
-        if scope != "group":
-            members = [m for m in members if m == (self._signalled or self.target)]
         return [m for m in members if signal_member(m, signal.SIGKILL) or not m.running()]
 
     def leftovers(self) -> list[Member]:

@@ -156,7 +156,7 @@ SHUTDOWN = Section([
     Field("stop_signal", SignalName(), "SIGTERM"),
     Field("stop_timeout", Duration(positive=True), 20.0, "how long the app may take to exit before SIGKILL"),
     Field("stop_scope", Enum(["group", "process"]), "group",
-          "group: the stop signal and the final SIGKILL reach the app's process group; process: the app alone"),
+          "group: the stop signal reaches the app's process group; process: the app alone"),
     optional("drain_connections", DRAIN_CONNECTIONS),
     Field("grace_period", Duration(positive=True), 30.0, "the pod's terminationGracePeriodSeconds"),
 ], ShutdownConfig)

@@ -26,7 +26,7 @@ from agent.shutdown import Shutdown
 from agent.status import iso, status_document
 from agent.supervisor import FORWARDED, AppSupervisor
 from agent.threads import install_default_executor, run_internal
-from agent.tree import describe
+from agent.tree import describe, leftover_message
 from agent.watchdog import Watchdog
 
 log = logging.getLogger("agent")
@@ -264,7 +264,11 @@ class Agent:
     def _app_exited(self) -> None:
         assert self.child is not None
         code = self.child.exit_code
-        event(log, logging.INFO, f"the app exited with code {code}", exit_code=code)
+        left = self.child.tree()
+        if left:  # a wrapper ended, the app it ran did not: never say the app exited while it runs
+            event(log, logging.INFO, f"{leftover_message(self.child.root, left)} (exit code {code})", exit_code=code)
+        else:
+            event(log, logging.INFO, f"the app exited with code {code}", exit_code=code)
         self.shutdown.trigger(f"the app exited with code {code}", app_gone=not self.shutdown.running)
 
     def _maybe_running(self) -> None:

@@ -103,6 +103,7 @@ class Shutdown:
         self.hurry = asyncio.Event()  # a second SIGINT: skip the remaining waits
         self.task: asyncio.Task[None] | None = None
         self._started_at = 0.0
+        self._counting: asyncio.Future[int] | None = None
 
     @property
     def running(self) -> bool:
@@ -196,9 +197,12 @@ class Shutdown:
                   f"{format_duration(conns.timeout)}; going on", connections=left)
 
     async def _count(self, port: int, budget: float) -> int | None:
-        """The app's established connections, or None when counting would run past the deadline."""
+        """The app's established connections, or None when counting would run past the deadline (a count still
+        running is waited for again, never started twice: the agent's own threads are few)."""
+        if self._counting is None or self._counting.done():
+            self._counting = asyncio.ensure_future(run_internal(self.connections, port))
         try:
-            return await asyncio.wait_for(run_internal(self.connections, port), budget)
+            return await asyncio.wait_for(asyncio.shield(self._counting), budget)
         except TimeoutError:
             return None
 

@@ -128,7 +128,8 @@ class AppSupervisor:
         raise ProcessLookupError("the app has exited")
 
     def kill(self, scope: str) -> list[Member]:
-        """SIGKILL what is left of the tree: the agent never exits while part of the app it started runs."""
+        """SIGKILL what is left of the tree, whatever the scope: the agent never exits while part of the app it
+        started runs."""
         members = self.tree()
         if scope == "group":
             signal_group(self.pid, signal.SIGKILL, members)
