@@ -32,6 +32,7 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("prestop-no-token", ERROR, "a preStop httpGet the agent will refuse (no token configured, or no header)"),
     Rule("relay-without-shared-pid", ERROR, "the agent must see the app, but the pod does not share its process namespace"),
     Rule("agent-cannot-signal", ERROR, "the agent runs as another user than the app, without an effective CAP_KILL"),
+    Rule("app-behind-shell", WARNING, "the app runs behind a shell or launcher that keeps the stop signal from it"),
     Rule("grace-period-too-short", ERROR, "terminationGracePeriodSeconds below the agent's shutdown budget plus a margin"),
     Rule("drain-shorter-than-readiness", ERROR, "drain_delay ends before the kubelet can see readiness fail"),
     Rule("agent-config-invalid", ERROR, "the agent's config does not load"),
