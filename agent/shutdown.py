@@ -211,7 +211,7 @@ class Shutdown:
         signum = signal.Signals[cfg.stop_signal]
         self.report.signalled_after = round(self.clock() - self._started_at, 6)
         try:
-            whom = target.send(signum, cfg.stop_scope)
+            whom = await run_internal(target.send, signum, cfg.stop_scope)  # reads /proc: off the loop
         except ProcessLookupError:
             event(log, logging.INFO, "the app exited before the stop signal")
             await self._stop_leftovers(target)
