@@ -119,10 +119,11 @@ def test_exec_mode_stops_the_app_behind_the_wrapper_with_one_signal(case: str, w
         status = agent.status()["app"]
         child = psutil.Process(agent.proc.pid).children()[0].pid
         assert status["target"]["pid"] == child and {child, pid} <= tree_pids(agent)
+        tree = [psutil.Process(p) for p in tree_pids(agent)]
         agent.signal(signal.SIGTERM)
         assert agent.wait_exit() == wrapped.exec_code
     assert wrapped.events().count("SIGTERM") == 1 and "graceful" in wrapped.events()
-    assert gone(pid, born)
+    assert gone(pid, born) and not any(p.is_running() for p in tree)  # nothing of the tree is left
     said = messages(agent)
     assert not any("SIGKILL" in m for m in said), said
     assert any(m.startswith("the app exited ") for m in said)
@@ -192,11 +193,12 @@ def test_exec_mode_sigkills_the_whole_tree_of_an_app_that_ignores_the_signal(wra
     with run_agent(config, args=("exec",), extra_args=["--", *wrapped.argv]) as agent:
         pid = started(agent, wrapped)
         born = psutil.Process(pid).create_time()
-        agent.wait_for(lambda: pid in tree_pids(agent))
+        agent.wait_for(lambda: pid in tree_pids(agent) and len(tree_pids(agent)) == 3)  # sh, bash, python
+        tree = [psutil.Process(p) for p in tree_pids(agent)]
         agent.signal(signal.SIGTERM)
         assert agent.wait_exit() == TERM  # the outer shell's own end: SIGTERM
     assert wrapped.events().count("SIGTERM") == 1 and "graceful" not in wrapped.events()
-    assert gone(pid, born)
+    assert gone(pid, born) and not any(p.is_running() for p in tree)
     said = messages(agent)
     killing = [m for m in said if "sending SIGKILL to" in m]
     assert len(killing) == 1 and f"pid {pid} (" in killing[0].split("sending SIGKILL to")[1], said
