@@ -175,8 +175,8 @@ def app_behind_shell(ctx: Context) -> Iterator[Finding]:
                               f"gets it and is SIGKILLed after stop_timeout {shutdown.stop_timeout:g}s, its requests in "
                               "flight lost", "remove stop_scope: process (the default, group, reaches the app), or " + EXEC_FIX)
         return
-    if not shutdown.relay_signal:
-        return
+    if not shutdown.relay_signal or agent.config.app.match is None:
+        return  # the agent relays no signal: nothing of its own is lost to the wrapper
     for c in ctx.apps:
         if c is agent.container:
             continue

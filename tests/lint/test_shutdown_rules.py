@@ -277,7 +277,7 @@ def test_workload_kinds_and_lists() -> None:
     {"command": ["sh", "-c", "exec yarn start"]},
 ])
 def test_an_app_behind_a_shell_or_launcher_is_warned_about(command: dict[str, Any]) -> None:
-    assert lint(pod(app(**command), agent())) == [("app-behind-shell", "app")]
+    assert with_config(MATCH, app(**command), agent(), shareProcessNamespace=True) == [("app-behind-shell", "app")]
 
 
 @pytest.mark.parametrize("command", [
@@ -288,21 +288,25 @@ def test_an_app_behind_a_shell_or_launcher_is_warned_about(command: dict[str, An
     {},  # the image's own CMD: lint cannot see it
 ])
 def test_an_app_started_directly_or_with_exec_is_not(command: dict[str, Any]) -> None:
-    assert lint(pod(app(**command), agent())) == []
+    assert with_config(MATCH, app(**command), agent(), shareProcessNamespace=True) == []
 
 
 def test_no_warning_when_the_agent_relays_no_signal() -> None:
     shell = app(command=["sh", "-c", "python server.py; echo done"])
-    assert with_config("shutdown: {relay_signal: false}\n", shell, agent()) == []
+    assert with_config(MATCH + "shutdown: {relay_signal: false}\n", shell, agent(), shareProcessNamespace=True) == []
+    assert with_config("checks: {}\n", shell, agent(), shareProcessNamespace=True) == []  # no app.match: no relay
 
 
 def test_the_warning_says_whether_the_group_signal_reaches_the_app() -> None:
     shell = app(command=["sh", "-c", "python server.py; echo done"])
-    default = lint_objects([pod(shell, agent())])
-    assert len(default) == 1 and "only through its process group (stop_scope: group)" in default[0].message
+    spec = pod(shell, mounted(agent()), volumes=CONFIG_VOLUME, shareProcessNamespace=True)
+    default = lint_objects([config_map(MATCH), spec])
+    assert [f.rule for f in default] == ["app-behind-shell"]
+    assert "only through its process group (stop_scope: group)" in default[0].message
     assert "exec python app.py" in default[0].fix
-    scoped = with_config("shutdown: {stop_scope: process}\n", shell, agent())
-    assert scoped == [("app-behind-shell", "app")]
+    scoped = lint_objects([config_map(MATCH + "shutdown: {stop_scope: process}\n"), spec])
+    assert [f.rule for f in scoped] == ["app-behind-shell"]
+    assert "with stop_scope: process the agent's SIGTERM reaches only that wrapper" in scoped[0].message
 
 
 def test_exec_mode_is_warned_about_only_with_stop_scope_process() -> None:
