@@ -143,10 +143,12 @@ class Shutdown:
         self._enter(Phase.DRAINING, f"{reason}: readiness fails from now on")
         # 2. The app already gone (its exit was the trigger, or a native sidecar stopped after it): exit at once.
         if app_gone or (target is not None and target.ever_seen and not await target.alive()):
+            stray: list[Member] = await run_internal(target.leftovers) if target is not None else []
+            if target is not None and stray and cfg.relay_signal:
+                await self._stop_leftovers(target)  # exec mode: the app's command exited, part of its tree runs
+                return
             event(log, logging.INFO, f"shutdown ({reason}): the app has already exited, stopping at once",
                   trigger=reason)
-            if target is not None and cfg.relay_signal:
-                await self._stop_leftovers(target)
             self._finish("gone")
             return
         event(log, logging.INFO, f"shutdown started by {reason}: draining for {format_duration(cfg.drain_delay)}"
@@ -160,7 +162,7 @@ class Shutdown:
             self._finish("not_relayed")
             return
         if target is None or not await target.alive():
-            stray: list[Member] = [] if target is None else await run_internal(target.leftovers)
+            stray = [] if target is None else await run_internal(target.leftovers)
             if target is not None and stray:
                 await self._stop_leftovers(target)  # the app exited during the drain, leaving processes behind
                 return
@@ -201,6 +203,8 @@ class Shutdown:
         running is waited for again, never started twice: the agent's own threads are few)."""
         if self._counting is None or self._counting.done():
             self._counting = asyncio.ensure_future(run_internal(self.connections, port))
+            # A count abandoned at the deadline may still fail later: its error is of no use by then.
+            self._counting.add_done_callback(lambda done: done.cancelled() or done.exception())
         try:
             return await asyncio.wait_for(asyncio.shield(self._counting), budget)
         except TimeoutError:

@@ -214,7 +214,7 @@ def test_run_mode_sigkills_what_is_left_of_the_group_at_stop_timeout(wrap: Calla
         with run_agent(config) as agent:
             pid = agent.wait_for(wrapped.app_pid)
             agent.wait_for(lambda: (agent.status()["app"].get("target") or {}).get("pid") == pid)
-            agent.signal(signal.SIGTERM)
+            assert agent.get("/prestop", timeout=30) == (200, "shutdown: killed\n")  # the outcome SIGKILL gives
             assert agent.wait_exit() == 0
         assert outer.wait(10) == -signal.SIGTERM
         assert wrapped.events().count("SIGTERM") == 1
