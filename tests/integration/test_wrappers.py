@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psutil
 import pytest
@@ -31,7 +31,6 @@ class Wrapped:
     exec_code: int
     log: pathlib.Path
     marker: str
-    extra: list[int] = field(default_factory=list)
 
     def events(self) -> list[str]:
         return [line.split()[0] for line in self.log.read_text().splitlines()] if self.log.exists() else []
@@ -72,10 +71,12 @@ def wrap(tmp_path: pathlib.Path) -> Iterator[Callable[..., Wrapped]]:
 
     yield make
     for wrapped in made:  # whatever a failed test left behind
-        for pid in [wrapped.app_pid(), *wrapped.extra]:
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        pid = wrapped.app_pid()
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                if wrapped.marker in process.cmdline():  # still this test's app, not a reused pid
+                    process.kill()
 
 
 def until(predicate: Callable[[], object], timeout: float = 15.0) -> None:
