@@ -307,3 +307,22 @@ def test_unrelated_matches_are_named_with_the_choice(wrap: Callable[..., Wrapped
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_exec_mode_with_stop_scope_process_signals_the_child_alone_and_says_what_is_left(
+        wrap: Callable[..., Wrapped]) -> None:
+    wrapped = wrap("sh -c")
+    config = "shutdown: {drain_delay: 100ms, stop_timeout: 1s, stop_scope: process}\n"
+    with run_agent(config, args=("exec",), extra_args=["--", *wrapped.argv]) as agent:
+        pid = started(agent, wrapped)
+        born = psutil.Process(pid).create_time()
+        agent.wait_for(lambda: pid in tree_pids(agent))
+        shell = agent.status()["app"]["target"]["pid"]
+        agent.signal(signal.SIGTERM)
+        assert agent.wait_exit() == TERM
+    assert "SIGTERM" not in wrapped.events() and gone(pid, born)  # the shell alone got it; the app was SIGKILLed
+    said = messages(agent)
+    assert any(m.startswith(f"sent SIGTERM to the app (pid {shell} (sh))") for m in said), said
+    assert any(m.startswith(f"the app's shell pid {shell} (sh) exited but pid {pid} (") for m in said), said
+    assert any(m.startswith(f"the app did not exit within stop_timeout 1s: the app's shell pid {shell} (sh) exited "
+                            f"but pid {pid} (") and f"; sending SIGKILL to pid {pid} (" in m for m in said), said
