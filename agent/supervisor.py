@@ -113,6 +113,8 @@ class AppSupervisor:
             if known.pid not in found and known.running():
                 found[known.pid] = known
         self._known = {**{k: v for k, v in self._known.items() if v.running()}, **found}
+        if self.root is not None and found.get(self.root.pid) == self.root:
+            self.root = found[self.root.pid]  # the same process under the name it has now (a script that exec'd)
         return sorted(found.values(), key=lambda m: (m.started, m.pid))
 
     def send(self, signum: int, scope: str) -> str:
