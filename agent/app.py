@@ -6,13 +6,28 @@ import asyncio
 import logging
 import os
 import re
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
 
 from agent.config import AppMatch
+from agent.logs import event
 from agent.threads import run_internal
+from agent.tree import (
+    Member,
+    group_is_foreign,
+    group_members,
+    group_of,
+    is_launcher,
+    leftover_message,
+    refusal,
+    signal_group,
+    signal_member,
+    still_running,
+    tree_of,
+)
 
 log = logging.getLogger("agent.app")
 
@@ -66,6 +81,12 @@ class AppMonitor:
         self.sample: AppSample | None = None
         self.restarts = 0
         self.error: str | None = None  # why the last lookup found nothing
+        self.reason: str | None = None  # why the target is the process it is, when there was a choice
+        self.tree: list[Member] = []  # the target and its descendants, as last seen
+        self.tree_source: Callable[[psutil.Process], list[Member]] = tree_of
+        self._snapshot: list[Member] = []  # the tree when the stop signal was sent
+        self._signalled: Member | None = None
+        self._group: int | None = None  # the process group signalled with it, if any
         self._lock = asyncio.Lock()  # the process check and the sampler must not look up at once
 
     @property
@@ -81,41 +102,83 @@ class AppMonitor:
         sample = await self.refresh()
         return sample is not None and sample.status != psutil.STATUS_ZOMBIE
 
-    def send(self, signum: int) -> int:
-        """Signal the app last seen, unless its pid now belongs to another process; returns the pid.
+    @property
+    def target(self) -> Member | None:
+        """The app's process as last seen."""
+        sample = self.sample
+        return None if sample is None else Member(sample.pid, sample.name, sample.create_time)
+
+    def send(self, signum: int, scope: str) -> str:
+        """Signal the app last seen (and with scope `group` its process group, when that group is the app's own
+        container's alone) after recording its tree; says whom the signal reached.
 
         Raises ProcessLookupError when the app is gone, PermissionError when the agent may not signal it.
         """
         if self._identity is None:
             raise ProcessLookupError("the app has not been found")
         pid, created = self._identity
-        if not self._same_process(pid, created):
+        target = Member(pid, self.sample.name if self.sample else "?", created)
+        if not target.running():
             raise ProcessLookupError(f"pid {pid} has exited")
-        os.kill(pid, signum)
-        return pid
+        snapshot = tree_of(psutil.Process(pid))
+        if not snapshot or snapshot[0] != target:
+            raise ProcessLookupError(f"pid {pid} has exited")
+        target = snapshot[0]
+        group, note = self._group_to_signal(target, snapshot) if scope == "group" else (None, None)
+        self._snapshot, self._signalled, self._group = snapshot, target, group
+        if group is not None and signal_group(group, signum, snapshot):
+            return f"the app ({target}) and its process group {group} ({len(snapshot)} processes)"
+        if signal_member(target, signum):
+            return f"the app ({target})" + (f", not its process group: {note}" if note else "")
+        raise ProcessLookupError(f"pid {pid} has exited")
+
+    def _group_to_signal(self, target: Member, snapshot: list[Member]) -> tuple[int | None, str | None]:
+        """The target's process group when it may be signalled whole (adding its members to the snapshot),
+        else None and why not."""
+        pgid = group_of(target.pid)
+        if pgid is None:
+            return None, "its process group cannot be read"
+        refused = refusal(pgid)
+        if refused:
+            return None, f"that group is {refused}"
+        members = group_members(pgid)
+        foreign = group_is_foreign(members)
+        if foreign is None:
+            return None, "the agent cannot tell whether that group holds a process of its own container"
+        if not foreign:
+            return None, "that group holds a process of the agent's own container"
+        snapshot.extend(m for m in members if m not in snapshot)
+        return pgid, None
+
+    def kill(self, scope: str) -> list[Member]:
+        """SIGKILL every process recorded with the stop signal that still runs (and the group, if it was signalled):
+        whatever the scope, nothing of the app is left running after stop_timeout."""
+        members = still_running(self._snapshot or ([self.target] if self.target else []))
+        if scope == "group" and self._group is not None:
+            signal_group(self._group, signal.SIGKILL, members)
+        return [m for m in members if signal_member(m, signal.SIGKILL) or not m.running()]
+
+    def leftovers(self) -> list[Member]:
+        """In run mode the agent did not start the app: what it leaves behind is the kubelet's to end."""
+        return []
+
+    def remaining(self) -> str | None:
+        """Which processes recorded with the stop signal still run, or None when none does."""
+        left = still_running(self._snapshot)
+        return leftover_message(self._signalled, left) if left else None
 
     async def wait_exit(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the app last seen to exit; True when it did."""
+        """Wait up to `timeout` seconds for every process recorded with the stop signal to exit; True when they did."""
         if self._identity is None:
             return True
         pid, created = self._identity
+        watched = self._snapshot or [Member(pid, "?", created)]
         deadline = self._clock() + timeout
-        while self._same_process(pid, created):
+        while await run_internal(still_running, watched):
             if self._clock() >= deadline:
                 return False
             await asyncio.sleep(min(0.05, max(0.0, deadline - self._clock())))
         return True
-
-    @staticmethod
-    def _same_process(pid: int, created: float) -> bool:
-        """Whether `pid` still is the process that started at `created` and has not exited (a zombie has)."""
-        try:
-            process = psutil.Process(pid)
-            return process.create_time() == created and process.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-        except psutil.AccessDenied:
-            return True
 
     async def refresh(self) -> AppSample | None:
         """Look the app up again (in a thread: psutil reads /proc) and return the new sample."""
@@ -136,12 +199,22 @@ class AppMonitor:
             self.restarts += 1
             if self._on_restart is not None:
                 self._on_restart(sample, previous)
+        if sample.identity != self._identity and self.reason:
+            event(log, logging.INFO, f"the app is pid {sample.pid} ({sample.name}): {self.reason}",
+                  pid=sample.pid, reason=self.reason)
         self._identity = sample.identity
         self.sample = sample
+        try:
+            self.tree = self.tree_source(process)
+        except psutil.Error:
+            self.tree = []
         return sample
 
     def _locate(self) -> psutil.Process | None:
-        if self._process is not None and self._still_matches(self._process):
+        # A shell kept as the target is looked past again: the app it starts may not have run at first.
+        if self._process is not None and self._still_matches(self._process) and not (
+                self.child_pid is None and self.match is not None and not self.match.pidfile
+                and is_launcher(self._process)):
             return self._process
         self._process = None
         try:
@@ -182,13 +255,26 @@ class AppMonitor:
             if process is not None and process.create_time() > written + 1.0:
                 return None, f"the pidfile {self.match.pidfile} is stale: pid {process.pid} started after it was written"
             return process, None
+        return self._choose(), None
+
+    def _choose(self) -> psutil.Process | None:
+        """The app among the processes `app.match` finds, and (in `self.reason`) why it when there was a choice.
+
+        Processes the agent started (its exec checks' commands) are never the app. Of matches that descend
+        from one another, the one that started the others is the app, unless it is a shell or a launcher
+        running a match: then that descendant is. Of unrelated matches, the oldest is.
+        """
+        assert self.match is not None
         me = os.getpid()
         if self.match.other_containers:
-            return other_containers(me), None
-        candidates = []
-        for proc in psutil.process_iter(["pid", "name", "cmdline", "create_time"]):
+            return other_containers(me)
+        own = {p.pid for p in _children_of(me)}
+        parents: dict[int, int] = {}
+        candidates: dict[int, psutil.Process] = {}
+        for proc in psutil.process_iter(["pid", "ppid", "name", "cmdline", "create_time"]):
             info = proc.info
-            if info["pid"] == me:
+            parents[info["pid"]] = info["ppid"] or 0
+            if info["pid"] == me or info["pid"] in own:
                 continue
             if self.match.name is not None:
                 hit = info["name"] == self.match.name
@@ -196,9 +282,33 @@ class AppMonitor:
                 assert self._pattern is not None
                 hit = bool(info["cmdline"]) and bool(self._pattern.search(" ".join(info["cmdline"])))
             if hit:
-                candidates.append(proc)
-        # Of several matches (a master and its workers), watch the oldest: the one that started them.
-        return min(candidates, key=lambda p: (p.info["create_time"], p.pid), default=None), None
+                candidates[info["pid"]] = proc
+
+        def ancestors(pid: int) -> list[int]:
+            chain: list[int] = []
+            while (pid := parents.get(pid, 0)) > 0 and pid not in chain:
+                chain.append(pid)
+            return chain
+
+        lineage = {pid: ancestors(pid) for pid in candidates}
+        roots = sorted((p for pid, p in candidates.items() if not set(lineage[pid]) & candidates.keys()),
+                       key=lambda p: (p.info["create_time"], p.pid))
+        if not roots:
+            self.reason = None
+            return None
+        chosen, notes = roots[0], []
+        while is_launcher(chosen):
+            below = [p for pid, p in candidates.items() if chosen.pid in lineage[pid]]
+            if not below:
+                break
+            nearest = min(below, key=lambda p: (lineage[p.pid].index(chosen.pid), p.info["create_time"], p.pid))
+            notes.append(f"{_name(chosen)} (pid {chosen.pid}) runs it and does not pass a stop signal on")
+            chosen = nearest
+        if len(roots) > 1:
+            others = ", ".join(f"pid {p.pid} ({_name(p)})" for p in roots[1:])
+            notes.append(f"{len(roots)} unrelated processes match; the oldest is watched, not {others}")
+        self.reason = "; ".join(notes) or None
+        return chosen
 
     def _read(self, process: psutil.Process, previous: AppSample | None) -> AppSample | None:
         now = self._clock()
@@ -266,6 +376,17 @@ def other_containers(me: int) -> psutil.Process | None:
             continue  # exec'd into the agent's container (its preStop hook)
         candidates.append(proc)
     return min(candidates, key=lambda p: (p.info["create_time"], p.pid), default=None)
+
+
+def _children_of(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _name(process: psutil.Process) -> str:
+    return str(process.info.get("name") or "?")
 
 
 def _process_or_none(pid: int) -> psutil.Process | None:

@@ -87,6 +87,7 @@ class ShutdownConfig:
     relay_signal: bool = True
     stop_signal: str = "SIGTERM"
     stop_timeout: float = 20.0
+    stop_scope: str = "group"
     drain_connections: DrainConnections | None = None
     grace_period: float = 30.0
 
@@ -159,8 +160,13 @@ SHUTDOWN = Section([
     Field("relay_signal", Bool(), True, "send stop_signal to the app after draining"),
     Field("stop_signal", SignalName(), "SIGTERM", "the signal relayed to the app"),
     Field("stop_timeout", Duration(positive=True), 20.0, "how long the app may take to exit before SIGKILL"),
+    Field("stop_scope", Enum(["group", "process"]), "group",
+          "group: the stop signal reaches the app's process group (in run mode only when no process of the agent's own "
+          "container is in it); process: the app alone. At stop_timeout whatever is left of the app's tree is SIGKILLed "
+          "either way"),
     optional("drain_connections", DRAIN_CONNECTIONS,
-             "also wait, during the drain, until the app's established connections on port reach zero"),
+             "also wait, during the drain, until the app's established connections on port reach zero (idle "
+             "keep-alive connections of a client's pool count)"),
     Field("grace_period", Duration(positive=True), 30.0,
           "the pod's terminationGracePeriodSeconds: a longer shutdown budget is refused"),
 ], ShutdownConfig)

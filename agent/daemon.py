@@ -20,12 +20,13 @@ from agent.health import Health
 from agent.logs import Scrubber, event
 from agent.metrics import Metrics
 from agent.phases import Phase
-from agent.reaper import Reaper, become_subreaper, kill_quietly
+from agent.reaper import Reaper, become_subreaper
 from agent.server import ProbeServer
 from agent.shutdown import Shutdown
 from agent.status import iso, status_document
-from agent.supervisor import FORWARDED, ChildProcess
+from agent.supervisor import FORWARDED, AppSupervisor
 from agent.threads import install_default_executor, run_internal
+from agent.tree import describe, leftover_message
 from agent.watchdog import Watchdog
 
 log = logging.getLogger("agent")
@@ -58,7 +59,7 @@ class Agent:
         self.config, self.scrub, self.clock, self.reload_source = config, scrub, clock, reload
         self.started_wall = time.time()
         self.reaper = Reaper()
-        self.child = ChildProcess(command, self.reaper) if command else None
+        self.child = AppSupervisor(command, self.reaper) if command else None
         self.health = Health(config.checks, clock, on_phase=self._log_phase, slack=lambda: self.watchdog.lag)
         watch_app = self.child is not None or config.app.match is not None
         self.app = AppMonitor(config.app.match, clock=clock, on_restart=self._log_restart) if watch_app else None
@@ -197,6 +198,8 @@ class Agent:
             pid = self.child.start()
             assert self.app is not None and self.child.exited is not None
             self.app.child_pid = pid
+            child = self.child
+            self.app.tree_source = lambda _process: child.tree()
             event(log, logging.INFO, f"started the app: {self.child.description}", pid=pid)
             self.child.exited.add_done_callback(lambda _: self._app_exited())
         self.engine.start()
@@ -218,8 +221,13 @@ class Agent:
             await asyncio.gather(self._watcher, return_exceptions=True)
         await self.server.close()
         await self.watchdog.close()
-        if self.child is not None and self.child.exit_code is None and self.child.pid:
-            kill_quietly(self.child.pid, signal.SIGKILL)
+        if self.child is not None and self.child.pid:
+            # Whatever the sequence left (it was cancelled, or the SIGKILL came late): the agent never exits
+            # while part of the app it started still runs.
+            killed = await run_internal(self.child.kill, "group")
+            if killed:
+                event(log, logging.WARNING, f"sent SIGKILL to {describe(killed)} before exiting",
+                      killed=[m.pid for m in killed])
             await self.child.wait_exit(5.0)
         self.reaper.uninstall()
 
@@ -258,7 +266,11 @@ class Agent:
     def _app_exited(self) -> None:
         assert self.child is not None
         code = self.child.exit_code
-        event(log, logging.INFO, f"the app exited with code {code}", exit_code=code)
+        left = self.child.tree()
+        if left:  # a wrapper ended, the app it ran did not: never say the app exited while it runs
+            event(log, logging.INFO, f"{leftover_message(self.child.root, left)} (exit code {code})", exit_code=code)
+        else:
+            event(log, logging.INFO, f"the app exited with code {code}", exit_code=code)
         self.shutdown.trigger(f"the app exited with code {code}", app_gone=not self.shutdown.running)
 
     def _maybe_running(self) -> None:

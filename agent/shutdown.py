@@ -15,13 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import psutil
-
 from agent.config import ShutdownConfig
 from agent.health import Health
 from agent.logs import event
 from agent.phases import ALLOWED, Phase
 from agent.threads import run_internal
+from agent.tree import Member, describe, signal_each
 from agent.units import format_duration
 
 log = logging.getLogger("agent.shutdown")
@@ -43,7 +42,13 @@ class AppTarget(Protocol):
 
     async def alive(self) -> bool: ...
 
-    def send(self, signum: int) -> int: ...
+    def send(self, signum: int, scope: str) -> str: ...
+
+    def kill(self, scope: str) -> list[Member]: ...
+
+    def leftovers(self) -> list[Member]: ...
+
+    def remaining(self) -> str | None: ...
 
     async def wait_exit(self, timeout: float) -> bool: ...
 
@@ -59,10 +64,28 @@ class Report:
     signalled_after: float | None = None  # seconds from the trigger to the stop signal
 
 
-def established_connections(port: int) -> int:
-    """Established TCP connections whose local port is `port`, in this network namespace (the pod's)."""
-    return sum(1 for c in psutil.net_connections(kind="tcp")
-               if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port)
+ESTABLISHED = "01"  # the state column of /proc/net/tcp
+
+
+def established_connections(port: int, tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> int:
+    """Established TCP connections whose local port is `port`, in this network namespace (the pod's).
+
+    Read straight from the kernel's tables and filtered by state and port as they stream by: listing every
+    socket through psutil took half a second with tens of thousands of TIME_WAIT sockets around.
+    """
+    suffix = f":{port:04X}"
+    count = 0
+    for table in tables:
+        try:
+            with open(table, encoding="ascii") as lines:
+                next(lines, None)  # the header
+                for line in lines:
+                    fields = line.split(None, 4)
+                    if len(fields) > 3 and fields[3] == ESTABLISHED and fields[1].endswith(suffix):
+                        count += 1
+        except FileNotFoundError:
+            continue  # no IPv6 in this namespace
+    return count
 
 
 class Shutdown:
@@ -80,6 +103,7 @@ class Shutdown:
         self.hurry = asyncio.Event()  # a second SIGINT: skip the remaining waits
         self.task: asyncio.Task[None] | None = None
         self._started_at = 0.0
+        self._counting: asyncio.Future[int] | None = None
 
     @property
     def running(self) -> bool:
@@ -133,6 +157,10 @@ class Shutdown:
         self._enter(Phase.DRAINING, f"{reason}: readiness fails from now on")
         # 2. The app already gone (its exit was the trigger, or a native sidecar stopped after it): exit at once.
         if app_gone or (target is not None and target.ever_seen and not await target.alive()):
+            stray: list[Member] = await run_internal(target.leftovers) if target is not None else []
+            if target is not None and stray and cfg.relay_signal:
+                await self._stop_leftovers(target)  # exec mode: the app's command exited, part of its tree runs
+                return
             event(log, logging.INFO, f"shutdown ({reason}): the app has already exited, stopping at once",
                   trigger=reason)
             self._finish("gone")
@@ -148,6 +176,10 @@ class Shutdown:
             self._finish("not_relayed")
             return
         if target is None or not await target.alive():
+            stray = [] if target is None else await run_internal(target.leftovers)
+            if target is not None and stray:
+                await self._stop_leftovers(target)  # the app exited during the drain, leaving processes behind
+                return
             what = "no app is configured" if target is None else f"the app ({target.description}) is not running"
             event(log, logging.WARNING, f"drain over; {what}, so no signal to relay")
             self._finish("no_app")
@@ -157,34 +189,50 @@ class Shutdown:
         await self._stop_app(target)
 
     async def _drain(self) -> None:
+        """Wait out drain_delay and, beside it, for the app's connections to end; never past either deadline."""
         cfg = self.config
         conns = cfg.drain_connections
         delay_end = self._started_at + cfg.drain_delay
         conns_end = self._started_at + (conns.timeout if conns else 0.0)
+        left: int | None = None
         while not self.hurry.is_set():
             now = self.clock()
             if now >= delay_end:
                 if conns is None or now >= conns_end:
                     break
-                remaining = await run_internal(self.connections, conns.port)
-                if remaining == 0:
+                left = await self._count(conns.port, conns_end - now)
+                if left == 0:
                     break
-            await self._pause(min(POLL, max(0.0, delay_end - now)) if now < delay_end else POLL)
-        if conns is not None and self.clock() >= conns_end and not self.hurry.is_set():
-            left = await run_internal(self.connections, conns.port)
-            if left:
-                event(log, logging.WARNING, f"{left} connections on port {conns.port} still open after "
-                      f"{format_duration(conns.timeout)}; going on", connections=left)
+                now = self.clock()
+                if now >= conns_end:
+                    break
+            wait = delay_end - now if now < delay_end else min(POLL, conns_end - now)
+            await self._pause(max(0.0, wait))
+        if conns is not None and left and self.clock() >= conns_end and not self.hurry.is_set():
+            event(log, logging.WARNING, f"{left} connections on port {conns.port} still open after "
+                  f"{format_duration(conns.timeout)}; going on", connections=left)
+
+    async def _count(self, port: int, budget: float) -> int | None:
+        """The app's established connections, or None when counting would run past the deadline (a count still
+        running is waited for again, never started twice: the agent's own threads are few)."""
+        if self._counting is None or self._counting.done():
+            self._counting = asyncio.ensure_future(run_internal(self.connections, port))
+            # A count abandoned at the deadline may still fail later: its error is of no use by then.
+            self._counting.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._counting), budget)
+        except TimeoutError:
+            return None
 
     async def _stop_app(self, target: AppTarget) -> None:
         cfg = self.config
         signum = signal.Signals[cfg.stop_signal]
         self.report.signalled_after = round(self.clock() - self._started_at, 6)
         try:
-            pid = target.send(signum)
+            whom = await run_internal(target.send, signum, cfg.stop_scope)  # reads /proc: off the loop
         except ProcessLookupError:
             event(log, logging.INFO, "the app exited before the stop signal")
-            self._finish("gone")
+            await self._stop_leftovers(target)
             return
         except PermissionError:
             # Nothing the agent does can stop the app now: end the sequence, so that /prestop returns
@@ -192,28 +240,57 @@ class Shutdown:
             self._denied(cfg.stop_signal, target)
             return
         else:
-            event(log, logging.INFO, f"sent {cfg.stop_signal} to the app (pid {pid}); waiting up to "
-                  f"{format_duration(cfg.stop_timeout)} for it to exit", pid=pid, signal=cfg.stop_signal)
+            event(log, logging.INFO, f"sent {cfg.stop_signal} to {whom}; waiting up to "
+                  f"{format_duration(cfg.stop_timeout)} for every process of it to exit", signal=cfg.stop_signal)
         sent_at = self.clock()
         if await self._until(target.wait_exit(cfg.stop_timeout), cfg.stop_timeout):
             event(log, logging.INFO, f"the app exited {format_duration(round(self.clock() - sent_at, 3))} "
                   f"after {cfg.stop_signal}", stopped_by=cfg.stop_signal)
             self._finish("exited")
             return
+        left = await run_internal(target.remaining)
         if self.hurry.is_set():
-            message = "the wait for the app was skipped; sending SIGKILL"
+            message = "the wait for the app was skipped"
         else:
-            message = f"the app did not exit within stop_timeout {format_duration(cfg.stop_timeout)}; sending SIGKILL"
-        event(log, logging.WARNING, message, stopped_by="SIGKILL")
-        try:
-            target.send(signal.SIGKILL)
-        except ProcessLookupError:
-            self._finish("exited")
+            message = f"the app did not exit within stop_timeout {format_duration(cfg.stop_timeout)}"
+        await self._kill(target, message + (f": {left}" if left else ""))
+
+    async def _stop_leftovers(self, target: AppTarget) -> None:
+        """The app exited by itself and left processes behind (exec mode): stop them too, then SIGKILL."""
+        cfg = self.config
+        left = await run_internal(target.leftovers)
+        if not left:
+            self._finish("gone")
             return
+        signum = signal.Signals[cfg.stop_signal]
+        reached = await run_internal(signal_each, left, signum)
+        event(log, logging.WARNING, f"the app has exited but {describe(left)} still "
+              f"{'run' if len(left) > 1 else 'runs'}: sent {cfg.stop_signal} to {describe(reached) or 'none'}",
+              signal=cfg.stop_signal, pids=[m.pid for m in left])
+        if await self._until(target.wait_exit(cfg.stop_timeout), cfg.stop_timeout):
+            event(log, logging.INFO, "the app's remaining processes have exited", stopped_by=cfg.stop_signal)
+            self._finish("gone")
+            return
+        left_now = await run_internal(target.remaining)
+        await self._kill(target, f"the app's remaining processes did not exit within stop_timeout "
+                                 f"{format_duration(cfg.stop_timeout)}" + (f": {left_now}" if left_now else ""))
+
+    async def _kill(self, target: AppTarget, why: str) -> None:
+        """SIGKILL what is left, name it in the log, and wait (bounded) for it to go."""
+        try:
+            killed = await run_internal(target.kill, self.config.stop_scope)
         except PermissionError:
             self._denied("SIGKILL", target)
             return
-        await target.wait_exit(KILL_REAP_BOUND)
+        if not killed:
+            event(log, logging.INFO, f"{why}; it exited before SIGKILL", stopped_by=self.config.stop_signal)
+            self._finish("exited")
+            return
+        event(log, logging.WARNING, f"{why}; sending SIGKILL to {describe(killed)}", stopped_by="SIGKILL",
+              killed=[m.pid for m in killed])
+        if not await target.wait_exit(KILL_REAP_BOUND):
+            still = await run_internal(target.remaining)
+            event(log, logging.ERROR, f"after SIGKILL {still or 'part of the app'}")
         self._finish("killed")
 
     def _denied(self, signame: str, target: AppTarget) -> None:

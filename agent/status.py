@@ -8,6 +8,7 @@ from agent import __version__
 from agent.app import AppMonitor
 from agent.health import CheckState, Health
 from agent.probes import Probe
+from agent.tree import Member
 from agent.units import format_time
 
 
@@ -38,6 +39,10 @@ def check_document(state: CheckState, now: float, slack: float = 0.0) -> dict[st
     }
 
 
+def member_document(member: Member) -> dict[str, Any]:
+    return {"pid": member.pid, "name": member.name, "start_time": iso(member.started)}
+
+
 def app_document(app: AppMonitor | None) -> dict[str, Any] | None:
     if app is None:
         return None
@@ -45,6 +50,9 @@ def app_document(app: AppMonitor | None) -> dict[str, Any] | None:
     out: dict[str, Any] = {"match": app.description, "found": sample is not None, "restarts": app.restarts}
     if app.error:
         out["error"] = app.error
+    target = app.target
+    out["target"] = None if target is None else {**member_document(target), "reason": app.reason}
+    out["tree"] = [member_document(m) for m in app.tree] if sample is not None else []
     if sample is not None:
         out.update(pid=sample.pid, name=sample.name, status=sample.status, start_time=iso(sample.create_time),
                    resident_memory_bytes=sample.rss, threads=sample.threads, open_fds=sample.fds,

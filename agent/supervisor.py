@@ -1,4 +1,9 @@
-"""exec mode: the app as the agent's own child, started, signalled and reaped like tini does."""
+"""exec mode: the app started in its own session, its whole process tree signalled, waited for and reaped.
+
+Like dumb-init, the stop signal (and the SIGKILL at stop_timeout) reaches the app's process group, so a
+shell between the agent and the app cannot swallow it; every other forwarded signal goes to the direct
+child only, because apps such as gunicorn give them meaning in the master alone.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,11 @@ import signal
 import subprocess
 from collections.abc import Sequence
 
+import psutil
+
 from agent.reaper import Reaper, exit_code
+from agent.threads import run_internal
+from agent.tree import Member, leftover_message, member, signal_group, signal_member, tree_of
 
 # Signals the agent handles itself: SIGTERM/SIGINT start the ordered shutdown, SIGHUP reloads the agent's
 # config, SIGCHLD is the reaper's. Every other catchable signal is forwarded to the child, as tini does.
@@ -18,6 +27,7 @@ FORWARDED = tuple(
                 signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU, signal.SIGURG, signal.SIGXCPU, signal.SIGXFSZ,
                 signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGPWR, signal.SIGSYS, signal.SIGTSTP)
 )
+POLL = 0.05
 
 
 class SpawnError(Exception):
@@ -28,20 +38,23 @@ class SpawnError(Exception):
         self.code = code
 
 
-class ChildProcess:
-    """The app started by `sidecar-agent exec`: the agent's child, reaped through the Reaper."""
+class AppSupervisor:
+    """The app started by `sidecar-agent exec` and every process it starts: the agent's child is the root,
+    its session (setsid) holds the rest, and orphans come back to the agent, a subreaper, to be reaped."""
 
     def __init__(self, argv: Sequence[str], reaper: Reaper) -> None:
         self.argv = list(argv)
         self.reaper = reaper
         self.pid = 0
+        self.root: Member | None = None
         self.exited: asyncio.Future[int] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._known: dict[int, Member] = {}  # every member seen so far, so a process that left the session is kept
 
     def start(self) -> int:
-        """Start the command; raise SpawnError with the shell's exit code when it cannot run."""
+        """Start the command in a new session; raise SpawnError with the shell's exit code when it cannot run."""
         try:
-            self._proc = subprocess.Popen(self.argv)
+            self._proc = subprocess.Popen(self.argv, start_new_session=True)
         except FileNotFoundError:
             raise SpawnError(f"command not found: {self.argv[0]}", 127) from None
         except PermissionError:
@@ -51,6 +64,10 @@ class ChildProcess:
         self.pid = self._proc.pid
         self.exited = self.reaper.watch(self.pid)  # registered before the loop runs again: no exit is missed
         self.exited.add_done_callback(self._note_exit)
+        with contextlib.suppress(psutil.Error):
+            self.root = member(psutil.Process(self.pid))
+        if self.root is not None:
+            self._known[self.pid] = self.root
         return self.pid
 
     def _note_exit(self, future: asyncio.Future[int]) -> None:
@@ -71,26 +88,91 @@ class ChildProcess:
             return None
         return exit_code(self.exited.result())
 
-    async def alive(self) -> bool:
+    @property
+    def child_running(self) -> bool:
         return self.exited is not None and not self.exited.done()
 
-    def send(self, signum: int) -> int:
-        if self.exited is None or self.exited.done():
-            raise ProcessLookupError("the child has exited")
-        os.kill(self.pid, signum)
-        return self.pid
+    async def alive(self) -> bool:
+        return self.child_running
+
+    def tree(self) -> list[Member]:
+        """The app's processes that run now: the child and its descendants, the processes of its session
+        (orphans the agent adopted), and any member seen before that still runs. Blocking: reads /proc."""
+        found: dict[int, Member] = {}
+        if self.child_running:
+            with contextlib.suppress(psutil.Error):
+                found.update((m.pid, m) for m in tree_of(psutil.Process(self.pid)))
+        if self.pid:
+            with contextlib.suppress(psutil.Error):
+                for process in psutil.Process().children(recursive=True):
+                    if process.pid not in found and _session(process.pid) == self.pid:
+                        m = member(process)
+                        if m is not None:
+                            found[m.pid] = m
+        for known in list(self._known.values()):
+            if known.pid not in found and known.running():
+                found[known.pid] = known
+        self._known = {**{k: v for k, v in self._known.items() if v.running()}, **found}
+        if self.root is not None and found.get(self.root.pid) == self.root:
+            self.root = found[self.root.pid]  # the same process under the name it has now (a script that exec'd)
+        return sorted(found.values(), key=lambda m: (m.started, m.pid))
+
+    def send(self, signum: int, scope: str) -> str:
+        """The stop signal: to the app's process group (scope group) or to the child alone; says whom it reached.
+
+        Raises ProcessLookupError when nothing of the app runs any more.
+        """
+        members = self.tree()
+        if scope == "group" and signal_group(self.pid, signum, members):
+            return f"the app's process group {self.pid} ({len(members)} processes)"
+        if self.root is not None and self.child_running and signal_member(self.root, signum):
+            return f"the app ({self.root})"
+        raise ProcessLookupError("the app has exited")
+
+    def kill(self, scope: str) -> list[Member]:
+        """SIGKILL what is left of the tree, whatever the scope: the agent never exits while part of the app it
+        started runs."""
+        members = self.tree()
+        if scope == "group":
+            signal_group(self.pid, signal.SIGKILL, members)
+        return [m for m in members if signal_member(m, signal.SIGKILL) or not m.running()]
+
+    def leftovers(self) -> list[Member]:
+        """Processes of the tree still running once the child has exited."""
+        return [] if self.child_running else self.tree()
+
+    def remaining(self) -> str | None:
+        """Which processes of the tree still run, or None when none does."""
+        left = self.tree()
+        if not left:
+            return None
+        return leftover_message(self.root if not self.child_running else None, left)
 
     def forward(self, signum: int) -> None:
-        """Pass a signal the agent does not handle on to the child."""
-        if self.exited is not None and not self.exited.done():
+        """Pass a signal the agent does not handle on to the child (never its group: see the module's doc)."""
+        if self.child_running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
 
     async def wait_exit(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the child and then every process of its tree to exit."""
         if self.exited is None:
             return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), timeout)
         except TimeoutError:
             return False
+        while await run_internal(self.tree):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(min(POLL, max(0.0, deadline - loop.time())))
         return True
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None

@@ -44,13 +44,21 @@ def split_script(script: str) -> list[list[str]]:
     return [c for c in commands if c]
 
 
-def simple_commands(argv: Sequence[str]) -> list[list[str]]:
-    """The simple commands an argv runs: `sh -c SCRIPT` is read as the script it runs."""
-    words = list(argv)
+def _shell_script(words: Sequence[str]) -> str | None:
+    """The SCRIPT of `sh -c SCRIPT`, or None when the words do not run a shell that way."""
     if words and posixpath.basename(words[0]) in SHELLS:
         for i, word in enumerate(words[1:], 1):
             if word.startswith("-") and "c" in word[1:] and i + 1 < len(words):
-                return split_script(words[i + 1])
+                return words[i + 1]
+    return None
+
+
+def simple_commands(argv: Sequence[str]) -> list[list[str]]:
+    """The simple commands an argv runs: `sh -c SCRIPT` is read as the script it runs."""
+    words = list(argv)
+    script = _shell_script(words)
+    if script is not None:
+        return split_script(script)
     return [words] if words else []
 
 
@@ -68,6 +76,37 @@ def program(command: Sequence[str]) -> tuple[str, list[str]]:
         else:
             return head, words[1:]
     return "", []
+
+
+LAUNCHERS = frozenset({"npm", "yarn"})
+
+
+def wrapper(argv: Sequence[str]) -> str | None:
+    """How an argv keeps the stop signal from the app it starts, if it does: a shell running more than one
+    command without `exec` before the last, a shell script, or a launcher (npm, yarn). None when it does not."""
+    words = list(argv)
+    if not words:
+        return None
+    head = posixpath.basename(words[0])
+    script = _shell_script(words)
+    if script is not None:  # sh -c SCRIPT
+        lines = [line.strip() for line in script.splitlines() if line.strip() and not line.strip().startswith("#")]
+        last = (split_script(lines[-1]) or [[]])[-1] if lines else []
+        name, _ = program(last)
+        if name in LAUNCHERS:
+            return f"`{head} -c` runs {name}, a launcher that does not pass the stop signal on"
+        if last[:1] != ["exec"] and (len(lines) > 1 or len(split_script(script)) > 1):
+            return f"`{head} -c` runs several commands and waits for the last instead of replacing itself with it (exec)"
+        return None
+    if head in SHELLS:
+        script = next((w for w in words[1:] if not w.startswith("-")), None)
+        return f"the shell script {script} runs the app as its child, unless it starts the app with exec" if script else None
+    if head.endswith(".sh"):
+        return f"the shell script {words[0]} runs the app as its child, unless it starts the app with exec"
+    name, _ = program(words)
+    if name in LAUNCHERS:
+        return f"{name} runs the app as its child and does not pass the stop signal on"
+    return None
 
 
 def starts_python(argv: Sequence[str]) -> str | None:

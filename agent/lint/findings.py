@@ -49,7 +49,10 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "an app container has no preStop hook while the agent runs beside it (not for Jobs and CronJobs, nor in `exec` "
          "mode): its SIGTERM races the endpoint removal and requests are dropped on every rollout"),
     Rule("prestop-wrong-target", ERROR,
-         "the preStop hook does not call `/prestop` on the agent's port (a `sleep`, another port, path or host)"),
+         "the preStop hook does not order the app's SIGTERM after the drain: it calls neither `/prestop` on the agent's "
+         "port, nor `/prestop/wait` with something that starts the agent's stop at once (its own SIGTERM as a regular "
+         "container, or its own preStop `sidecar-agent stop` as a native sidecar), nor, when the agent relays no signal, "
+         "sleeps at least the drain (another port, path or host, or a shorter sleep)"),
     Rule("prestop-no-token", ERROR,
          "a preStop `httpGet` to `/prestop` comes from the node, so the agent refuses it unless its config sets "
          "`admin.token_file` or `admin.token_env` (403) and the hook sends `Authorization: Bearer ...` (401); `$(VAR)` is "
@@ -61,6 +64,11 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "the agent relays the stop signal to an app of another `runAsUser` without an effective `CAP_KILL`: root that "
          "keeps (or adds back) `KILL`; for a non-root agent `capabilities.add: [KILL]` is not effective (no ambient "
          "capabilities)"),
+    Rule("app-behind-shell", WARNING,
+         "an app container's `command`/`args` run the app through `sh -c` (several commands, no `exec` before the last), "
+         "a shell script or a launcher (npm, yarn) while the agent relays the stop signal (in `exec` mode: with "
+         "`stop_scope: process`): the kubelet's own SIGTERM, and with `stop_scope: process` the agent's, stop the wrapper, "
+         "not the app; lint cannot see an image's own `CMD` (see wrappers.md)"),
     Rule("grace-period-too-short", ERROR,
          "`terminationGracePeriodSeconds` (default 30) is less than the shutdown budget (`max(drain_delay, "
          "drain_connections.timeout)`, plus `stop_timeout` when relaying) plus 5 s for the hook, the signals and the exits"),

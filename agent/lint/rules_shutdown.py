@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-from agent.lint.commands import sleeps_first, targets
+from agent.lint.commands import sleeps_first, targets, wrapper
 from agent.lint.context import Context, endpoint
 from agent.lint.findings import Finding
 from agent.lint.model import Container, Handler
@@ -197,6 +197,44 @@ def agent_cannot_signal(ctx: Context) -> Iterator[Finding]:
                           "with only KILL (runAsUser: 0, capabilities: {drop: [ALL], add: [KILL]})")
 
 
+EXEC_FIX = ("start the app with exec as the script's last command (exec python app.py), or use the exec form of the "
+            "command (command: [python, app.py], or CMD [\"python\", \"app.py\"] in the Dockerfile)")
+WRAPPER_FIX = EXEC_FIX + ", or run the app under the agent in one container (sidecar-agent exec -- ...)"
+
+
+def app_behind_shell(ctx: Context) -> Iterator[Finding]:
+    """An app started through sh -c, a shell script or a launcher while the agent relays its stop signal."""
+    agent = ctx.agent
+    if agent is None or agent.config is None:
+        return
+    shutdown = agent.config.shutdown
+    if agent.mode == "exec":
+        words = [*agent.container.command, *agent.container.args]
+        argv = words[words.index("--") + 1:] if "--" in words else []
+        how = wrapper(argv)
+        if how and shutdown.stop_scope == "process":
+            yield ctx.finding("app-behind-shell", agent.container, None,
+                              f"{how}, and stop_scope: process sends {shutdown.stop_signal} to it alone: the app never "
+                              f"gets it and is SIGKILLed after stop_timeout {shutdown.stop_timeout:g}s, its requests in "
+                              "flight lost", "remove stop_scope: process (the default, group, reaches the app), or " + EXEC_FIX)
+        return
+    if not shutdown.relay_signal or agent.config.app.match is None:
+        return  # the agent relays no signal: nothing of its own is lost to the wrapper
+    for c in ctx.apps:
+        if c is agent.container:
+            continue
+        how = wrapper([*c.command, *c.args])
+        if how is None:
+            continue
+        reach = ("the agent reaches the app only through its process group (stop_scope: group), and"
+                 if shutdown.stop_scope == "group" else
+                 f"with stop_scope: process the agent's {shutdown.stop_signal} reaches only that wrapper, and")
+        yield ctx.finding("app-behind-shell", c, None,
+                          f"{how}: the wrapper is the container's PID 1, so {reach} the kubelet's own SIGTERM (when the "
+                          "agent cannot signal, or at the end of the grace period) stops the wrapper, not the app, "
+                          "which is then SIGKILLed with its requests in flight", WRAPPER_FIX)
+
+
 def grace_period_too_short(ctx: Context) -> Iterator[Finding]:
     """terminationGracePeriodSeconds below the agent's shutdown budget plus a margin."""
     agent = ctx.agent
@@ -255,4 +293,4 @@ def agent_config(ctx: Context) -> Iterator[Finding]:
 
 
 RULES = (prestop_missing, prestop_wrong_target, prestop_no_token, relay_without_shared_pid, agent_cannot_signal,
-         grace_period_too_short, drain_shorter_than_readiness, agent_config)
+         app_behind_shell, grace_period_too_short, drain_shorter_than_readiness, agent_config)

@@ -27,6 +27,7 @@ def record(what: str) -> None:
 def on_term(signum: int, frame: object) -> None:
     record("SIGTERM")
     if args.on_term.startswith("exit:"):
+        record("graceful")
         os._exit(int(args.on_term.split(":")[1]))
 
 

@@ -92,6 +92,8 @@ def test_an_http_check_flips_readiness_and_logs_once_per_transition(http_target)
         assert runs
         http_target.status = 204
         agent.wait_status("/readyz", 200)
+        # /readyz can answer before the agent's log line about it has been read from its output: wait for it.
+        agent.wait_for(lambda: len([r for r in agent.log_records() if r.get("check") == "api"]) >= 3)
         transitions = [r for r in agent.log_records() if r.get("check") == "api"]
         assert [r["state"] for r in transitions] == ["passing", "failing", "passing"]
         assert agent.get("/readyz/api") == (200, "ok\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -99,7 +100,10 @@ def test_an_app_that_ignores_sigterm_is_killed_only_after_stop_timeout(start_app
         died = time.monotonic()
         signalled = app.when("SIGTERM")
         assert signalled is not None and died - signalled >= 1.0
-        assert "the app did not exit within stop_timeout 1s; sending SIGKILL" in messages(agent)
+        pid = app.proc.pid
+        assert any(m.startswith(f"the app did not exit within stop_timeout 1s: pid {pid} (")
+                   and f") still runs; sending SIGKILL to pid {pid} (" in m for m in messages(agent))
+
 
 
 def test_a_second_sigterm_changes_nothing(start_app) -> None:  # type: ignore[no-untyped-def]
@@ -254,3 +258,28 @@ def test_admin_calls_from_another_address_are_refused_without_a_configured_token
                                       headers={"Authorization": "Bearer anything"})
             assert code == 403 and "loopback" in body
         assert agent.status()["phase"] == "running" and agent.get("/readyz")[0] == 200
+
+
+def test_the_drain_ends_by_its_timeout_with_many_idle_connections_open(start_app) -> None:  # type: ignore[no-untyped-def]
+    app = start_app()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1024)
+    port = server.getsockname()[1]
+    # Idle keep-alive connections, as a client's pool keeps them: established, never closed by the client.
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(500)]
+    try:
+        config = watching(app, f"drain_delay: 0s, drain_connections: {{port: {port}, timeout: 1s}}, stop_timeout: 5s")
+        with run_agent(config) as agent:
+            seen(agent, app.proc.pid)
+            triggered = time.monotonic()
+            agent.signal(signal.SIGTERM)
+            assert agent.wait_exit() == 0
+        signalled = app.when("SIGTERM")
+        assert signalled is not None and signalled - triggered >= 1.0
+        assert signalled - triggered < 6.0  # a bound for a drain that overruns; it ends at 1 s plus a poll
+        assert f"500 connections on port {port} still open after 1s; going on" in messages(agent)
+    finally:
+        for sock in clients:
+            sock.close()
+        server.close()

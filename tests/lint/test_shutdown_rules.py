@@ -265,3 +265,55 @@ def test_workload_kinds_and_lists() -> None:
         assert (finding.rule, finding.object) == ("probe-rejected", f"{kind}/p")
     listed = {"apiVersion": "v1", "kind": "List", "items": [pod(app(lifecycle=None), agent(), name="in-list")]}
     assert [(f.rule, f.object) for f in lint_objects([listed])] == [("prestop-missing", "Pod/in-list")]
+
+
+@pytest.mark.parametrize("command", [
+    {"command": ["sh", "-c"], "args": ["python migrate.py && python server.py"]},
+    {"command": ["/bin/bash", "-c", "python server.py; echo stopped"]},
+    {"command": ["sh", "-c", "cd /app\npython server.py\n"]},
+    {"command": ["./entrypoint.sh"]},
+    {"command": ["bash"], "args": ["/docker-entrypoint.sh", "serve"]},
+    {"command": ["npm", "start"]},
+    {"command": ["sh", "-c", "exec yarn start"]},
+])
+def test_an_app_behind_a_shell_or_launcher_is_warned_about(command: dict[str, Any]) -> None:
+    assert with_config(MATCH, app(**command), agent(), shareProcessNamespace=True) == [("app-behind-shell", "app")]
+
+
+@pytest.mark.parametrize("command", [
+    {"command": ["python", "server.py"]},
+    {"command": ["sh", "-c", "python server.py"]},  # a lone command: the shell replaces itself with it
+    {"command": ["sh", "-c", "python migrate.py && exec python server.py"]},
+    {"command": ["sh", "-c", "# start\ncd /app\nexec python server.py\n"]},
+    {},  # the image's own CMD: lint cannot see it
+])
+def test_an_app_started_directly_or_with_exec_is_not(command: dict[str, Any]) -> None:
+    assert with_config(MATCH, app(**command), agent(), shareProcessNamespace=True) == []
+
+
+def test_no_warning_when_the_agent_relays_no_signal() -> None:
+    shell = app(command=["sh", "-c", "python server.py; echo done"])
+    assert with_config(MATCH + "shutdown: {relay_signal: false}\n", shell, agent(), shareProcessNamespace=True) == []
+    assert with_config("checks: {}\n", shell, agent(), shareProcessNamespace=True) == []  # no app.match: no relay
+
+
+def test_the_warning_says_whether_the_group_signal_reaches_the_app() -> None:
+    shell = app(command=["sh", "-c", "python server.py; echo done"])
+    spec = pod(shell, mounted(agent()), volumes=CONFIG_VOLUME, shareProcessNamespace=True)
+    default = lint_objects([config_map(MATCH), spec])
+    assert [f.rule for f in default] == ["app-behind-shell"]
+    assert "only through its process group (stop_scope: group)" in default[0].message
+    assert "exec python app.py" in default[0].fix
+    scoped = lint_objects([config_map(MATCH + "shutdown: {stop_scope: process}\n"), spec])
+    assert [f.rule for f in scoped] == ["app-behind-shell"]
+    assert "with stop_scope: process the agent's SIGTERM reaches only that wrapper" in scoped[0].message
+
+
+def test_exec_mode_is_warned_about_only_with_stop_scope_process() -> None:
+    container = {"name": "app", "image": "x", "command": ["sidecar-agent", "exec", "--config", "/config/agent.yaml",
+                                                           "--", "sh", "-c", "python server.py; echo done"],
+                 "volumeMounts": [{"name": "config", "mountPath": "/config"}]}
+    assert lint(pod({**container, "command": container["command"][:2] + container["command"][4:]})) == []
+    findings = lint_objects([config_map("shutdown: {stop_scope: process}\n"), pod(container, volumes=CONFIG_VOLUME)])
+    assert [(f.rule, f.container) for f in findings] == [("app-behind-shell", "app")]
+    assert "stop_scope: process sends SIGTERM to it alone" in findings[0].message

@@ -221,3 +221,9 @@ def test_the_schema_is_a_valid_json_schema() -> None:
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     json.dumps(schema)
+
+
+def test_stop_scope_is_group_by_default_and_only_group_or_process() -> None:
+    assert load("checks: {}\n", {}).shutdown.stop_scope == "group"
+    assert load("shutdown: {stop_scope: process}\n", {}).shutdown.stop_scope == "process"
+    assert problems("shutdown: {stop_scope: tree}\n") == ["shutdown.stop_scope: expected one of group, process, got 'tree'"]

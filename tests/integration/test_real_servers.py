@@ -1,0 +1,219 @@
+"""Real nginx and gunicorn (master and workers) under exec mode's defaults: the stop signal reaches the whole group,
+every request the server began to answer is answered in full, and other forwarded signals reach only the master."""
+
+from __future__ import annotations
+
+import pathlib
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+
+from agent.testing import AgentProcess, run_agent
+from tests.servers import free_port
+
+GUNICORN = str(pathlib.Path(sys.executable).parent / "gunicorn")
+
+
+@dataclass
+class Load:
+    """Clients that each send one request after another on new connections, and sort what happened to them."""
+
+    port: int
+    clients: int = 6
+    outcomes: Counter[str] = field(default_factory=Counter)
+    spans: list[tuple[float, float]] = field(default_factory=list)  # start and end of each complete answer
+    stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _client(self) -> None:
+        while not self.stop.is_set():
+            began = time.monotonic()
+            outcome = self._one()
+            with self._lock:
+                self.outcomes[outcome] += 1
+                if outcome == "answered":
+                    self.spans.append((began, time.monotonic()))
+            if outcome != "answered":
+                time.sleep(0.05)
+
+    def _one(self) -> str:
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        except ConnectionRefusedError:
+            return "refused"
+        except OSError:
+            return "not connected"
+        received = b""
+        try:
+            with sock:
+                sock.sendall(b"GET /big HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                while chunk := sock.recv(65536):
+                    received += chunk
+        except OSError:
+            pass
+        if not received:
+            return "closed unanswered"  # never read by the server: it was still in the listen queue
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), -1)
+        return "answered" if head.startswith(b"HTTP/1.1 200") and len(body) == length else "cut mid-flight"
+
+    def in_flight_at(self, moment: float) -> int:
+        return sum(1 for began, ended in self.spans if began < moment < ended)
+
+
+def signalled_at(agent: AgentProcess, signame: str) -> float:
+    """Wait for the agent's "sent SIGNAL" line; the monotonic time it was seen (just after it was sent)."""
+    agent.wait_for(lambda: any(m.startswith(f"sent {signame} to ") for m in messages(agent)), timeout=30, interval=0.01)
+    return time.monotonic()
+
+
+def messages(agent: AgentProcess) -> list[str]:
+    return [r["message"] for r in agent.log_records()]
+
+
+def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.05)
+
+
+def answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def stop_under_load(agent: AgentProcess, port: int, signame: str) -> Load:
+    load = Load(port)
+    load.start()
+    until(lambda: len(load.spans) >= 3)  # answers flow before the stop
+    agent.signal(signal.SIGTERM)
+    signalled = signalled_at(agent, signame)
+    code = agent.wait_exit(timeout=60)
+    load.finish()
+    assert code == 0, agent.logs()[-20:]
+    assert load.outcomes["cut mid-flight"] == 0, load.outcomes
+    # Requests being answered when the stop signal came were all answered in full.
+    assert load.in_flight_at(signalled) >= 1, (load.outcomes, load.spans[-5:], signalled)
+    assert not any("SIGKILL" in m for m in messages(agent))
+    return load
+
+
+def workers_of(master: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(master).children() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_nginx_stops_gracefully_with_sigquit_to_its_group(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "big").write_bytes(b"x" * 150_000)
+    (tmp_path / "nginx.conf").write_text(f"""
+daemon off;
+user root;
+worker_processes 2;
+pid {tmp_path}/nginx.pid;
+error_log {tmp_path}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp_path}/body;
+    proxy_temp_path {tmp_path}/proxy;
+    fastcgi_temp_path {tmp_path}/fastcgi;
+    uwsgi_temp_path {tmp_path}/uwsgi;
+    scgi_temp_path {tmp_path}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {tmp_path}/www;
+        location / {{ limit_rate 100k; }}
+    }}
+}}
+""")
+    config = "shutdown: {drain_delay: 300ms, stop_signal: SIGQUIT, stop_timeout: 30s, grace_period: 60s}\n"
+    command = ["--", "nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)]
+    with run_agent(config, args=("exec",), extra_args=command) as agent:
+        until(lambda: answers(port))
+        master = psutil.Process(agent.proc.pid).children()[0].pid
+        until(lambda: len(workers_of(master)) == 2)
+        stop_under_load(agent, port, "SIGQUIT")
+        said = messages(agent)
+        assert any(m.startswith(f"sent SIGQUIT to the app's process group {master} (3 processes)") for m in said), said
+    assert not psutil.pid_exists(master)
+
+
+WSGI = '''
+import time
+
+
+def app(environ, start_response):
+    time.sleep(0.8)
+    body = b"y" * 100_000
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+
+def gunicorn(tmp_path: pathlib.Path, port: int) -> list[str]:
+    (tmp_path / "slowapp.py").write_text(WSGI)
+    return ["--", GUNICORN, "--workers", "2", "--bind", f"127.0.0.1:{port}", "--chdir", str(tmp_path),
+            "--graceful-timeout", "20", "--log-level", "warning", "slowapp:app"]
+
+
+def test_gunicorn_stops_gracefully_with_sigterm_to_its_group(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    config = "shutdown: {drain_delay: 300ms, stop_timeout: 30s, grace_period: 60s}\n"
+    with run_agent(config, args=("exec",), extra_args=gunicorn(tmp_path, port)) as agent:
+        until(lambda: answers(port))
+        master = psutil.Process(agent.proc.pid).children()[0].pid
+        until(lambda: len(workers_of(master)) == 2)
+        stop_under_load(agent, port, "SIGTERM")
+        assert any(m.startswith(f"sent SIGTERM to the app's process group {master} (3 processes)")
+                   for m in messages(agent))
+    assert not psutil.pid_exists(master)
+
+
+def test_gunicorn_ttin_and_usr2_reach_only_the_master(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    config = "shutdown: {drain_delay: 100ms, stop_timeout: 30s, grace_period: 60s}\n"
+    with run_agent(config, args=("exec",), extra_args=gunicorn(tmp_path, port)) as agent:
+        until(lambda: answers(port))
+        master = psutil.Process(agent.proc.pid).children()[0].pid
+        until(lambda: len(workers_of(master)) == 2)
+        first = {p.pid for p in workers_of(master)}
+        # TTIN: one more worker. Sent to the workers too, it would stop them (they reset it to its default).
+        agent.signal(signal.SIGTTIN)
+        until(lambda: len(workers_of(master)) == 3)
+        assert all(psutil.Process(pid).status() != psutil.STATUS_STOPPED for pid in first)
+        # USR2: the master starts a new master beside itself. Sent to the workers, it would kill every one.
+        agent.signal(signal.SIGUSR2)
+        until(lambda: any(p.children() for p in workers_of(master) if p.pid not in first))  # it has workers
+        for pid in first:
+            assert psutil.Process(pid).status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)
+        assert agent.status()["phase"] == "running" and answers(port)
+        agent.signal(signal.SIGTERM)
+        assert agent.wait_exit(timeout=60) == 0
+        assert not any("SIGKILL" in m for m in messages(agent)), messages(agent)
+    assert not psutil.pid_exists(master)
+    for pid in first:
+        assert not psutil.pid_exists(pid)

@@ -1,0 +1,99 @@
+"""drain_connections: the count of established connections on a port, and a drain that ends by its timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from agent.config import DrainConnections, ShutdownConfig
+from agent.health import Health
+from agent.shutdown import Shutdown, established_connections
+from agent.testing import FakeClock
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    server = socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET)
+    server.bind(("::" if socket.has_ipv6 else "0.0.0.0", 0))
+    server.listen(1024)
+    yield server
+    server.close()
+
+
+def connect(port: int, count: int, host: str = "127.0.0.1") -> list[socket.socket]:
+    return [socket.create_connection((host, port), timeout=5) for _ in range(count)]
+
+
+def test_only_established_connections_on_the_port_count(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen(16)
+    assert established_connections(port) == 0  # a listening socket is not a connection
+    clients = connect(port, 3) + connect(port, 2, host="::1")
+    accepted = [listener.accept()[0] for _ in clients]
+    unrelated = connect(other.getsockname()[1], 2)
+    try:
+        # The app's side of each connection has the local port; the clients' sides do not.
+        assert established_connections(port) == 5
+        for sock in accepted[:3]:
+            sock.close()
+        for sock in clients[:3]:
+            sock.close()
+        assert established_connections(port) == 2
+    finally:
+        for sock in clients + accepted + unrelated:
+            sock.close()
+        other.close()
+
+
+def test_many_idle_connections_are_counted(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    clients = connect(port, 400)
+    accepted = [listener.accept()[0] for _ in clients]
+    try:
+        assert established_connections(port) == 400
+    finally:
+        for sock in clients + accepted:
+            sock.close()
+
+
+async def test_the_drain_never_counts_past_its_timeout() -> None:
+    clock = FakeClock()
+    counted_at: list[float] = []
+
+    def slow_count(port: int) -> int:
+        counted_at.append(clock())
+        clock.advance(0.4)  # each count takes 0.4 s, as psutil's did among many TIME_WAIT sockets
+        return 7
+
+    config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, 1.0))
+    shutdown = Shutdown(Health([], clock), config, None, connections=slow_count, clock=clock)
+    shutdown.trigger("test")
+    await shutdown.stopped.wait()
+    assert counted_at and all(at < 1000.0 + 1.0 for at in counted_at)
+    assert len(counted_at) == 3 and shutdown.report.outcome == "not_relayed"
+
+
+async def test_a_count_that_hangs_past_the_deadline_is_not_waited_for_nor_started_again() -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def hung_count(port: int) -> int:
+        calls.append(port)
+        release.wait(60)  # a count that does not come back before the drain's timeout
+        return 1
+
+    config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, 0.3))
+    shutdown = Shutdown(Health([], time.monotonic), config, None, connections=hung_count)
+    try:
+        shutdown.trigger("test")
+        await asyncio.wait_for(shutdown.stopped.wait(), 30)  # a bound for a hang only: the drain takes 0.3 s
+        assert shutdown.report.outcome == "not_relayed" and calls == [8080]
+    finally:
+        release.set()
