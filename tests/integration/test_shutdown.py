@@ -195,11 +195,12 @@ def test_drain_and_undrain_by_hand_change_readiness_only() -> None:
 
 
 def test_exit_with_app_stops_the_agent_when_the_app_exits(start_app) -> None:  # type: ignore[no-untyped-def]
-    app = start_app("--exit-after", "1.5")
+    app = start_app()
     with run_agent(watching(app, "drain_delay: 20s, grace_period: 60s", ", exit_with_app: true")) as agent:
         seen(agent, app.proc.pid)
-        assert agent.wait_exit(timeout=15) == 0
+        app.proc.send_signal(signal.SIGTERM)  # the app ends by itself, only once the agent has seen it (no race on a busy machine)
         assert app.proc.wait(5) == 0
+        assert agent.wait_exit(timeout=15) == 0
 
 
 def test_a_signal_the_agent_may_not_send_is_reported_with_the_fix() -> None:
