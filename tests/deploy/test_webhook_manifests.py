@@ -26,7 +26,7 @@ from kubernetes_validate import utils as kube
 
 import agent
 from agent.cli import _parser
-from agent.webhook import SHUTDOWN_SECONDS, Certificates, WebhookMetrics, WebhookServer
+from agent.webhook import MAX_BODY, SHUTDOWN_SECONDS, Certificates, WebhookMetrics, WebhookServer
 from tests.deploy.crds import SCHEMAS
 from tests.deploy.manifests import ROOT, WEBHOOK, documents
 from tests.webhook.mutation import Refused, add_agent
@@ -280,5 +280,6 @@ def test_the_docs_page_names_every_file_and_the_registrations_choices() -> None:
         assert path.name in page, f"docs/webhook.md does not mention deploy/webhook/{path.name}"
     hook = REGISTRATION["webhooks"][0]
     for setting in (f"failurePolicy: {hook['failurePolicy']}", f"timeoutSeconds: {hook['timeoutSeconds']}",
-                    f"reinvocationPolicy: {hook['reinvocationPolicy']}", "dryRun", "sidecar-agent.io/inject"):
+                    f"reinvocationPolicy: {hook['reinvocationPolicy']}", "dryRun", "sidecar-agent.io/inject",
+                    f"The body limit is {MAX_BODY // 2**20} MiB", f"`{agent.IMAGE}`"):
         assert setting in page, setting
