@@ -39,7 +39,7 @@ ENV PATH=/opt/sidecar-agent/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # A numeric non-root user (the distroless "nonroot" id), so runAsNonRoot can verify it without
-# an /etc/passwd entry. Run the app under the same uid so the agent may signal it (see README).
+# an /etc/passwd entry. Run the app under the same uid so the agent may signal it (see docs/deploy.md).
 USER 65532:65532
 EXPOSE 8686
 ENTRYPOINT ["sidecar-agent"]

@@ -14,12 +14,13 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from agent import IMAGE, __version__, logs, threads
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
+from agent.probes import Probe
 from agent.units import parse_address, parse_duration
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -42,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     exe.add_argument("--listen", help="address to serve on, overriding the config (default: $SIDECAR_AGENT_LISTEN)")
     exe.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]", help="the app to run")
     wait = sub.add_parser("wait", help="block until the agent reports ready; exit 1 on timeout")
-    wait.add_argument("--url", default="http://127.0.0.1:8686/readyz", help="readiness URL (default: %(default)s)")
+    wait.add_argument("--url", default=f"http://127.0.0.1:8686/{Probe.READINESS.path}",
+                      help="readiness URL; one without a path means that agent's /readyz (default: %(default)s)")
     wait.add_argument("--timeout", default="60s", help="give up after this long (default: %(default)s)")
     check = sub.add_parser("check-config", help="validate a config and print it normalised, secrets redacted")
     check.add_argument("file")
@@ -95,20 +97,21 @@ def _with_overrides(config: Config, listen: str | None, env: Mapping[str, str]) 
     return config
 
 
-def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    return _serve(args, env, command=None)
+def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> NoReturn:
+    _serve(args, env, command=None)
 
 
-def cmd_exec(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+def cmd_exec(args: argparse.Namespace, env: Mapping[str, str]) -> NoReturn:
     command = list(args.argv)
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
         raise UsageError("sidecar-agent: exec needs a command: sidecar-agent exec [--config FILE] -- CMD [ARG...]")
-    return _serve(args, env, command=command)
+    _serve(args, env, command=command)
 
 
-def _serve(args: argparse.Namespace, env: Mapping[str, str], command: list[str] | None) -> int:
+def _serve(args: argparse.Namespace, env: Mapping[str, str], command: list[str] | None) -> NoReturn:
+    """Run the agent until it stops, then end the process with its exit code (os._exit: it never returns)."""
     from agent.daemon import serve  # the server stack loads only for commands that serve
     from agent.supervisor import SpawnError
 
@@ -233,7 +236,11 @@ COMMANDS = {"run": cmd_run, "exec": cmd_exec, "wait": cmd_wait, "check-config": 
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """Entry point of `sidecar-agent` and `python -m agent`; returns the exit code."""
+    """Entry point of `sidecar-agent` and `python -m agent`; returns the exit code.
+
+    `run` and `exec` never return: once the agent has stopped they end the process with `os._exit` (see `_serve`),
+    so that no stuck worker thread can hold it. A usage or config error found before serving still returns 2.
+    """
     args = _parser().parse_args(argv)
     env = os.environ if env is None else env
     try:

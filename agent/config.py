@@ -12,6 +12,7 @@ import yaml
 
 from agent import checks
 from agent.fields import (
+    ENV_VAR,
     Address,
     Bool,
     ConfigError,
@@ -32,10 +33,11 @@ from agent.fields import (
     optional,
     parse_mapping,
 )
+from agent.probes import NAMES as PROBE_NAMES
+from agent.probes import Probe
 
 __all__ = ["DEFAULT_CONFIG", "CheckSpec", "Config", "ConfigError", "dump", "json_schema", "load"]
 
-PROBES = ("liveness", "readiness", "startup")
 CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_CONFIG = """\
 # The embedded default: serve on every interface, no checks, so alive and ready at once.
@@ -138,42 +140,48 @@ class Config:
         return next((c for c in self.checks if c.name == name), None)
 
 
-LOG = Section([Field("level", Enum(["debug", "info", "warning", "error"], ignore_case=True), "info"),
-               Field("format", Enum(["json", "text"]), "json")], LogConfig)
+LOG = Section([Field("level", Enum(["debug", "info", "warning", "error"], ignore_case=True), "info",
+                     "the least severe level logged"),
+               Field("format", Enum(["json", "text"]), "json", "json: one object a line, to stdout; text: for people")],
+              LogConfig)
 ADMIN = Section([optional("token_file", Str(), "file holding the bearer token for admin calls"),
                  optional("token_env", Str(), "environment variable holding the bearer token")], AdminConfig)
 MATCH = Section([optional("pidfile", Str(), "file holding the app's pid"),
                  optional("name", Str(), "the app's process name"),
                  optional("cmdline", Regex(), "regex searched in the app's command line")],
                 AppMatch, one_of=("pidfile", "name", "cmdline"))
-APP = Section([optional("match", MATCH), Field("exit_with_app", Bool(), False)], AppConfig)
-DRAIN_CONNECTIONS = Section([Field("port", Number(integer=True, minimum=1, maximum=65535)),
-                             Field("timeout", Duration(positive=True))], DrainConnections)
+APP = Section([optional("match", MATCH, "how to find the app process: exactly one of pidfile, name, cmdline"),
+               Field("exit_with_app", Bool(), False, "exit when the app exits (Jobs)")], AppConfig)
+DRAIN_CONNECTIONS = Section([Field("port", Number(integer=True, minimum=1, maximum=65535), doc="the app's serving port"),
+                             Field("timeout", Duration(positive=True), doc="the longest to wait for its connections")],
+                            DrainConnections)
 SHUTDOWN = Section([
     Field("drain_delay", Duration(), 5.0, "how long readiness fails before the app is signalled"),
     Field("relay_signal", Bool(), True, "send stop_signal to the app after draining"),
-    Field("stop_signal", SignalName(), "SIGTERM"),
+    Field("stop_signal", SignalName(), "SIGTERM", "the signal relayed to the app"),
     Field("stop_timeout", Duration(positive=True), 20.0, "how long the app may take to exit before SIGKILL"),
-    optional("drain_connections", DRAIN_CONNECTIONS),
-    Field("grace_period", Duration(positive=True), 30.0, "the pod's terminationGracePeriodSeconds"),
+    optional("drain_connections", DRAIN_CONNECTIONS,
+             "also wait, during the drain, until the app's established connections on port reach zero"),
+    Field("grace_period", Duration(positive=True), 30.0,
+          "the pod's terminationGracePeriodSeconds: a longer shutdown budget is refused"),
 ], ShutdownConfig)
 AGENT = Section([
     Field("max_loop_lag", Duration(positive=True), 2.0, "/agent/livez fails when the event loop lags more than this"),
     Field("max_concurrent_exec", Number(integer=True, minimum=1, maximum=256), 8, "exec checks running at once"),
 ], AgentLimits)
 COMMON = (
-    Field("type", Enum(checks.type_names())),
-    Field("probes", ListOf(Enum(PROBES), unique=True),
+    Field("type", Enum(checks.type_names()), doc="the check type: a built-in one or a plug-in's"),
+    Field("probes", ListOf(Enum(PROBE_NAMES), unique=True),
           ("readiness",), "which probes this check feeds; [] feeds only metrics and /status"),
-    Field("interval", Duration(positive=True), 10.0),
-    Field("timeout", Duration(positive=True), 1.0),
-    Field("initial_delay", Duration(), 0.0),
-    Field("failure_threshold", Number(integer=True, minimum=1), 3),
-    Field("success_threshold", Number(integer=True, minimum=1), 1),
+    Field("interval", Duration(positive=True), 10.0, "time between runs"),
+    Field("timeout", Duration(positive=True), 1.0, "a run that takes longer is cancelled and counts as a timeout"),
+    Field("initial_delay", Duration(), 0.0, "wait before the first run"),
+    Field("failure_threshold", Number(integer=True, minimum=1), 3, "failed runs in a row before the check fails"),
+    Field("success_threshold", Number(integer=True, minimum=1), 1, "passing runs in a row before it passes again"),
     Field("allow_in_liveness", Bool(), False, "permit a dependency check under liveness"),
 )
 TOP = (
-    Field("listen", Address(default_host="0.0.0.0"), ("0.0.0.0", 8686)),
+    Field("listen", Address(default_host="0.0.0.0"), ("0.0.0.0", 8686), "address of the one listener: host:port or :port"),
     Field("log", LOG, LogConfig()),
     Field("admin", ADMIN, AdminConfig()),
     Field("app", APP, AppConfig()),
@@ -214,9 +222,6 @@ def _construct_object(loader: _Loader, node: yaml.Node, deep: bool = False) -> A
 
 _Loader.construct_object = _construct_object  # type: ignore[method-assign,assignment]
 
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
 def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,
             done: dict[int, Any] | None = None) -> Any:
     """Expand ${VAR} and ${VAR:-default} in every string value; `$$` is a literal `$`.
@@ -250,7 +255,7 @@ def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,
         problems.add(path, f"environment variable {name} is not set (write ${{{name}:-default}} to give a default)")
         return ""
 
-    return _VAR.sub(substitute, value)
+    return ENV_VAR.sub(substitute, value)
 
 
 def parse_yaml(data: bytes | str) -> Any:
@@ -363,7 +368,7 @@ def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSp
         problems.add(path, error)
         return None
     probes = values["probes"]
-    if "liveness" in probes and not values["allow_in_liveness"] and check_type.is_dependency(params):
+    if Probe.LIVENESS in probes and not values["allow_in_liveness"] and check_type.is_dependency(params):
         problems.add(join(path, "probes"),
                      f"a {type_name} check of a dependency under liveness restarts the app whenever the dependency "
                      "blips (a restart storm); keep it in readiness, or set allow_in_liveness: true")

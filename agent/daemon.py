@@ -76,6 +76,8 @@ class Agent:
         self._watcher: asyncio.Task[None] | None = None
         self._reloads: set[asyncio.Task[tuple[bool, str]]] = set()
         self._reload_lock = asyncio.Lock()
+        # Counted here as well as in the metrics: /status reads these rather than make the registry collect.
+        self.reloads_applied = self.reloads_refused = 0
 
     def _shutdown_config(self, config: Config) -> ShutdownConfig:
         """In exec mode the stop signal is always relayed: the child is the agent's own, and leaving it
@@ -101,9 +103,7 @@ class Agent:
         """The agent's own vital signs, for /status."""
         return {"event_loop_lag_seconds": round(self.watchdog.lag, 6), "tasks": len(asyncio.all_tasks()),
                 "open_fds": open_fds(), "poller_restarts": sum(len(v) for v in self.engine.deaths.values()),
-                "config_reloads": int(self.metrics.registry.get_sample_value("sidecar_config_reloads_total") or 0),
-                "config_reload_failures": int(
-                    self.metrics.registry.get_sample_value("sidecar_config_reload_failures_total") or 0),
+                "config_reloads": self.reloads_applied, "config_reload_failures": self.reloads_refused,
                 "reaped_orphans": self.reaper.reaped_orphans}
 
     def agent_problems(self) -> list[str]:
@@ -142,6 +142,7 @@ class Agent:
             new = await run_internal(self.reload_source)
         except Exception as exc:  # noqa: BLE001 - UsageError carries every problem; anything else is refused too
             self.metrics.reload_failures.inc()
+            self.reloads_refused += 1
             message = f"config reload ({source}) refused, the old config keeps running: {exc}"
             event(log, logging.ERROR, message, reload="refused")
             return False, str(exc)
@@ -163,6 +164,7 @@ class Agent:
         for name in removed:
             self.heartbeats.pop(name, None)
         self.metrics.reloads.inc()
+        self.reloads_applied += 1
         summary = (f"config reloaded ({source}): {len(added)} checks added, {len(removed)} removed, "
                    f"{len(changed)} changed, {len(new.checks) - len(added) - len(changed)} kept")
         event(log, logging.INFO, summary + "".join(f"; {n}" for n in notes), reload="applied",

@@ -14,7 +14,7 @@ from agent.config import CheckSpec
 from agent.health import Health, Outcome, Result
 from agent.logs import Scrubber, event
 from agent.metrics import Metrics
-from agent.units import format_duration
+from agent.units import format_duration, one_line
 
 log = logging.getLogger("agent.engine")
 MAX_MESSAGE = 512
@@ -187,9 +187,9 @@ class Engine:
         task.add_done_callback(finished)
 
     def _result(self, outcome: Outcome, message: str, start: float, wall: float) -> Result:
-        message = self.scrub(" ".join(str(message).split()))
-        if len(message) > MAX_MESSAGE:  # keep the start (what failed) and the end (a command's last words)
-            message = message[:MAX_MESSAGE // 4] + " ... " + message[-(MAX_MESSAGE - MAX_MESSAGE // 4 - 5):]
+        # Scrubbed as shown (on one line) and before the cut, which could leave a secret unrecognisable; the cut
+        # keeps the start (what failed) and the end (a command's last words).
+        message = one_line(self.scrub(one_line(str(message))), MAX_MESSAGE, tail=MAX_MESSAGE - MAX_MESSAGE // 4 - 5)
         return Result(outcome, message, max(0.0, self.clock() - start), self.clock(), wall)
 
     def _record(self, spec: CheckSpec, result: Result) -> None:

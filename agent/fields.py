@@ -14,13 +14,21 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from agent import units
 
 REDACTED = "<redacted>"
-# Any value may be written as ${VAR}; the loader expands it before checking the kind.
-ENV_REFERENCE = {"type": "string", "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}"}
+# Any value may be written as ${VAR} or ${VAR:-default} ($$ is a literal $); the loader expands it before checking
+# the kind. The one spelling of a reference: the loader's, lint's and the JSON Schema's.
+_REFERENCE = r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}"
+ENV_VAR = re.compile(r"\$\$|" + _REFERENCE)  # group 1 the name, group 2 the default; neither for $$
+ENV_REFERENCE = {"type": "string", "pattern": _REFERENCE}
 _MISSING = object()
 
 
 _SHORT = reprlib.Repr()
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def env_references(text: str) -> list[tuple[str, str | None]]:
+    """(name, default or None) of every ${VAR} in `text`, in order; a `$$` escape is none."""
+    return [(m.group(1), m.group(2)) for m in ENV_VAR.finditer(text) if m.group(1)]
 
 
 class ConfigError(Exception):

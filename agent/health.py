@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from agent.config import CheckSpec
 from agent.phases import Lifecycle, Phase
-from agent.units import format_duration
+from agent.probes import Probe, named
+from agent.units import format_duration, one_line
 
 MAX_BODY = 10 * 1024  # the kubelet reads at most 10 KiB of a probe's body
 MAX_REASON = 300
@@ -115,12 +116,6 @@ class _Cached:
     valid_until: float
 
 
-# How an unknown (not yet decided) check counts: like the kubelet's initial results,
-# liveness starts as success, readiness and startup as failure.
-UNKNOWN_PASSES = {"liveness": True, "readiness": False, "startup": False}
-SHORT = {"liveness": "livez", "readiness": "readyz", "startup": "startupz"}
-
-
 @dataclass
 class Health:
     """Every check's state, the startup latch, the manual drain flag and the lifecycle."""
@@ -138,7 +133,7 @@ class Health:
         self.started_at = self.clock()
         self.lifecycle = Lifecycle(self.clock, self._phase_changed)
         self.states = {s.name: CheckState(s, self.started_at) for s in self.specs}
-        self.members = {p: [s.name for s in self.specs if p in s.probes] for p in UNKNOWN_PASSES}
+        self.members: dict[str, list[str]] = {p: [s.name for s in self.specs if p in s.probes] for p in Probe}
 
     def record(self, name: str, result: Result) -> bool:
         """Apply a check's result; True when the check's state flipped."""
@@ -157,7 +152,7 @@ class Health:
         self.specs = specs
         self.states = {s.name: (self.states[s.name] if s.name in self.states and self.states[s.name].spec == s
                                 else CheckState(s, now)) for s in specs}
-        self.members = {p: [s.name for s in specs if p in s.probes] for p in UNKNOWN_PASSES}
+        self.members = {p: [s.name for s in specs if p in s.probes] for p in Probe}
         self.invalidate()
 
     def _phase_changed(self, before: Phase, after: Phase, reason: str) -> None:
@@ -172,7 +167,7 @@ class Health:
     def startup_passing(self, now: float) -> bool:
         """Whether every startup check passes now (before the latch is set)."""
         slack = self.slack()
-        return all(self.states[n].verdict(now, slack)[0] is True for n in self.members["startup"])
+        return all(self.states[n].verdict(now, slack)[0] is True for n in self.members[Probe.STARTUP])
 
     def latch_startup(self, now: float) -> bool:
         """Set the startup latch once every startup check has passed; True when it was set just now."""
@@ -203,24 +198,24 @@ class Health:
 
     def evaluate(self, probe: str, now: float, *, verbose: bool = False, exclude: Iterable[str] = ()) -> Answer:
         """Compute a probe's answer in the kube-apiserver format (`[+]name ok`, `[-]name failed: reason`)."""
-        excluded = set(exclude)
+        kind, excluded = named(probe), set(exclude)
         slack = self.slack()
         lines: list[tuple[bool, str]] = []
         for name in self.members[probe]:
             if name in excluded:
                 continue
             passing, reason = self.states[name].verdict(now, slack)
-            ok = UNKNOWN_PASSES[probe] if passing is None else passing
+            ok = kind.initial if passing is None else passing
             lines.append((ok, f"[+]{name} ok" if ok and reason == "ok" else
-                          f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed'}: {_clip(reason)}"))
+                          f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed'}: {one_line(reason, MAX_REASON)}"))
         ok = all(line_ok for line_ok, _ in lines)
         note = ""
-        if probe == "liveness" and not self.startup_done:
+        if kind is Probe.LIVENESS and not self.startup_done:
             ok, note = True, " (startup has not passed yet: liveness holds until it does)"
-        elif probe == "startup" and self.startup_done:
+        elif kind is Probe.STARTUP and self.startup_done:
             ok, note = True, " (latched)"
             lines = [(True, text) for _, text in lines]
-        elif probe == "readiness":
+        elif kind is Probe.READINESS:
             if self.lifecycle.is_shutting_down():
                 ok = False
                 lines.insert(0, (False, f"[-]shutdown failed: agent is {self.lifecycle.phase.value}"))
@@ -236,7 +231,7 @@ class Health:
         shown = [text for line_ok, text in lines if verbose or not line_ok]
         if unknown:
             shown.append(f"warn: some checks cannot be excluded: no matches for {', '.join(unknown)}")
-        shown.append(f"{SHORT[probe]} check {'passed' if ok else 'failed'}{note}")
+        shown.append(f"{kind.path} check {'passed' if ok else 'failed'}{note}")
         return Answer(200 if ok else 503, _fit("\n".join(shown) + "\n"))
 
     def evaluate_one(self, probe: str, name: str, now: float) -> Answer | None:
@@ -244,15 +239,11 @@ class Health:
         if name not in self.members[probe]:
             return None
         passing, reason = self.states[name].verdict(now, self.slack())
-        ok = UNKNOWN_PASSES[probe] if passing is None else passing
+        kind = named(probe)
+        ok = kind.initial if passing is None else passing
         if ok:
             return Answer(200, "ok\n")
-        return Answer(503, f"[-]{name} failed: {_clip(reason)}\n{SHORT[probe]} check failed\n")
-
-
-def _clip(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+        return Answer(503, f"[-]{name} failed: {one_line(reason, MAX_REASON)}\n{kind.path} check failed\n")
 
 
 def _fit(body: str) -> str:

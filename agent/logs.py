@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterable
 from typing import IO, Any
 
 from agent.fields import REDACTED
+from agent.units import format_time
 
 MIN_SECRET = 4  # shorter "secrets" would be replaced inside ordinary words, mangling every line
 
@@ -47,8 +47,7 @@ class _Formatter(logging.Formatter):
             message += "\n" + self.formatException(record.exc_info)
         message = self.scrub(message)
         if self.json:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-            line = json.dumps({"time": stamp, "level": record.levelname.lower(), "logger": record.name,
+            line = json.dumps({"time": format_time(record.created), "level": record.levelname.lower(), "logger": record.name,
                                "message": message, **fields}, default=str)
         else:
             extra = " ".join(f"{k}={v}" for k, v in fields.items())

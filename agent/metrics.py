@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -11,11 +12,71 @@ from prometheus_client.exposition import choose_encoder
 
 from agent.app import AppMonitor
 from agent.config import CheckSpec
-from agent.health import UNKNOWN_PASSES, Health, Outcome, Result
+from agent.health import Health, Outcome, Result
 from agent.phases import Phase
+from agent.probes import Probe
 
 SHUTDOWN_OUTCOMES = ("exited", "killed", "gone", "denied", "no_app", "not_relayed")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One metric as a scrape shows it (a counter's name ends in _total): the instruments and docs/metrics.md read it."""
+
+    name: str
+    type: str  # counter, gauge or histogram
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+METRICS: dict[str, MetricDef] = {m.name: m for m in (
+    MetricDef("sidecar_check_up", "gauge", "1 when the check passes, 0 when it fails or has no verdict yet.",
+              ("check", "type")),
+    MetricDef("sidecar_check_duration_seconds", "histogram", "How long each check run took.", ("check",)),
+    MetricDef("sidecar_check_runs_total", "counter", "Check runs by result.", ("check", "result")),
+    MetricDef("sidecar_check_transitions_total", "counter", "Times a check flipped between passing and failing.",
+              ("check",)),
+    MetricDef("sidecar_probe_up", "gauge", "1 when the probe answers 200.", ("probe",)),
+    MetricDef("sidecar_probe_requests_total", "counter", "Probe requests answered, by probe and status code.",
+              ("probe", "code")),
+    MetricDef("sidecar_phase", "gauge", "1 for the agent's current lifecycle phase.", ("phase",)),
+    MetricDef("sidecar_app_up", "gauge", "1 when the app process was found and is not a zombie."),
+    MetricDef("sidecar_app_restarts_total", "counter", "Times the app process was seen replaced by a new one."),
+    MetricDef("sidecar_app_resident_memory_bytes", "gauge", "The app's resident memory."),
+    MetricDef("sidecar_app_cpu_seconds_total", "counter", "User and system CPU time of the app process."),
+    MetricDef("sidecar_app_threads", "gauge", "Threads of the app process."),
+    MetricDef("sidecar_app_open_fds", "gauge", "Open file descriptors of the app process."),
+    MetricDef("sidecar_shutdown_outcome_total", "counter", "How shutdown sequences ended: exited (after the stop "
+              "signal), killed (SIGKILL at stop_timeout), gone, denied (no permission to signal), no_app, not_relayed.",
+              ("outcome",)),
+    MetricDef("sidecar_poller_restarts_total", "counter", "Check pollers that died and were restarted.", ("check",)),
+    MetricDef("sidecar_event_loop_lag_seconds", "gauge", "How late the agent's event loop woke up, "
+              "the worst of the last few seconds."),
+    MetricDef("sidecar_config_reloads_total", "counter", "Config reloads that were applied."),
+    MetricDef("sidecar_config_reload_failures_total", "counter", "Config reloads refused (the old config kept running)."),
+)}
+# The values a label can take, where the agent fixes them (for the docs; `check` and `type` come from the config).
+LABEL_VALUES: dict[str, tuple[str, ...]] = {
+    "result": tuple(o.value for o in Outcome),
+    "probe": tuple(p.value for p in Probe),
+    "phase": tuple(p.value for p in Phase),
+    "outcome": SHUTDOWN_OUTCOMES,
+}
+
+
+def _family(name: str, value: float | None = None) -> GaugeMetricFamily | CounterMetricFamily:
+    """A scrape-time family for the collector, named and described by its METRICS entry."""
+    d = METRICS[name]
+    cls = CounterMetricFamily if d.type == "counter" else GaugeMetricFamily
+    if value is None:
+        return cls(d.name, d.help, labels=list(d.labels))
+    return cls(d.name, d.help, value=value)
+
+
+def _counter(name: str, registry: CollectorRegistry) -> Counter:
+    d = METRICS[name]
+    return Counter(d.name.removesuffix("_total"), d.help, d.labels, registry=registry)
 
 
 class StateCollector:
@@ -26,16 +87,15 @@ class StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         now, slack = self.clock(), self.health.slack()
-        up = GaugeMetricFamily("sidecar_check_up", "1 when the check passes, 0 when it fails or has no verdict yet.",
-                               labels=["check", "type"])
+        up = _family("sidecar_check_up")
         for state in self.health.states.values():
             up.add_metric([state.spec.name, state.spec.type], 1.0 if state.verdict(now, slack)[0] is True else 0.0)
         yield up
-        probe = GaugeMetricFamily("sidecar_probe_up", "1 when the probe answers 200.", labels=["probe"])
-        for name in UNKNOWN_PASSES:
+        probe = _family("sidecar_probe_up")
+        for name in Probe:
             probe.add_metric([name], 1.0 if self.health.answer(name, now).status == 200 else 0.0)
         yield probe
-        phase = GaugeMetricFamily("sidecar_phase", "1 for the agent's current lifecycle phase.", labels=["phase"])
+        phase = _family("sidecar_phase")
         for p in Phase:
             phase.add_metric([p.value], 1.0 if self.health.lifecycle.phase is p else 0.0)
         yield phase
@@ -46,17 +106,14 @@ class StateCollector:
         if app is None:
             return
         sample = app.sample
-        yield GaugeMetricFamily("sidecar_app_up", "1 when the app process was found and is not a zombie.",
-                                value=1.0 if sample and sample.status != "zombie" else 0.0)
-        yield CounterMetricFamily("sidecar_app_restarts", "Times the app process was seen replaced by a new one.",
-                                  value=app.restarts)
+        yield _family("sidecar_app_up", 1.0 if sample and sample.status != "zombie" else 0.0)
+        yield _family("sidecar_app_restarts_total", app.restarts)
         if sample is None:
             return
-        yield GaugeMetricFamily("sidecar_app_resident_memory_bytes", "The app's resident memory.", value=sample.rss)
-        yield CounterMetricFamily("sidecar_app_cpu_seconds", "User and system CPU time of the app process.",
-                                  value=sample.cpu_seconds)
-        yield GaugeMetricFamily("sidecar_app_threads", "Threads of the app process.", value=sample.threads)
-        yield GaugeMetricFamily("sidecar_app_open_fds", "Open file descriptors of the app process.", value=sample.fds)
+        yield _family("sidecar_app_resident_memory_bytes", sample.rss)
+        yield _family("sidecar_app_cpu_seconds_total", sample.cpu_seconds)
+        yield _family("sidecar_app_threads", sample.threads)
+        yield _family("sidecar_app_open_fds", sample.fds)
 
 
 class Metrics:
@@ -67,28 +124,22 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # the _created series only add noise for a sidecar scraped every few seconds
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.check_duration = Histogram("sidecar_check_duration_seconds", "How long each check run took.",
-                                        ["check"], registry=r, buckets=BUCKETS)
-        self.check_runs = Counter("sidecar_check_runs", "Check runs by result.", ["check", "result"], registry=r)
-        self.check_transitions = Counter("sidecar_check_transitions", "Times a check flipped between passing and failing.",
-                                         ["check"], registry=r)
-        self.probe_requests = Counter("sidecar_probe_requests", "Probe requests answered, by probe and status code.",
-                                      ["probe", "code"], registry=r)
-        self.shutdowns = Counter("sidecar_shutdown_outcome", "How shutdown sequences ended: exited (after the stop "
-                                 "signal), killed (SIGKILL at stop_timeout), gone, denied (no permission to signal), "
-                                 "no_app, not_relayed.", ["outcome"], registry=r)
-        self.poller_restarts = Counter("sidecar_poller_restarts", "Check pollers that died and were restarted.",
-                                       ["check"], registry=r)
-        self.loop_lag = Gauge("sidecar_event_loop_lag_seconds", "How late the agent's event loop woke up, "
-                              "the worst of the last few seconds.", registry=r)
-        self.reloads = Counter("sidecar_config_reloads", "Config reloads that were applied.", registry=r)
-        self.reload_failures = Counter("sidecar_config_reload_failures", "Config reloads refused (the old config "
-                                       "kept running).", registry=r)
+        duration = METRICS["sidecar_check_duration_seconds"]
+        self.check_duration = Histogram(duration.name, duration.help, duration.labels, registry=r, buckets=BUCKETS)
+        self.check_runs = _counter("sidecar_check_runs_total", r)
+        self.check_transitions = _counter("sidecar_check_transitions_total", r)
+        self.probe_requests = _counter("sidecar_probe_requests_total", r)
+        self.shutdowns = _counter("sidecar_shutdown_outcome_total", r)
+        self.poller_restarts = _counter("sidecar_poller_restarts_total", r)
+        lag = METRICS["sidecar_event_loop_lag_seconds"]
+        self.loop_lag = Gauge(lag.name, lag.help, registry=r)
+        self.reloads = _counter("sidecar_config_reloads_total", r)
+        self.reload_failures = _counter("sidecar_config_reload_failures_total", r)
         for outcome in SHUTDOWN_OUTCOMES:
             self.shutdowns.labels(outcome)
         self._init_children(health.specs)
-        self._probe_children = {(p, code): self.probe_requests.labels(p, str(code))
-                                for p in UNKNOWN_PASSES for code in (200, 503)}
+        self._probe_children: dict[tuple[str, int], Counter] = {(p, code): self.probe_requests.labels(p, str(code))
+                                for p in Probe for code in (200, 503)}
         r.register(StateCollector(health, app, clock))
         ProcessCollector(registry=r)
 

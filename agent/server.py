@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import time
@@ -15,34 +14,31 @@ from aiohttp import web
 from agent.health import Answer, Health
 from agent.logs import event
 from agent.metrics import Metrics
+from agent.probes import Probe
+from agent.units import is_loopback_host
 
 log = logging.getLogger("agent.server")
-PROBE_PATHS = {"livez": "liveness", "readyz": "readiness", "startupz": "startup"}
 TEXT = "text/plain"
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
+
+
+class PrestopWait(Protocol):
+    """What /prestop needs of the shutdown sequence (agent.shutdown.Shutdown)."""
+
+    async def wait_for_prestop(self) -> str: ...
 
 
 class Controls(Protocol):
     """What the admin endpoints may ask of the agent."""
 
-    shutdown: Any  # agent.shutdown.Shutdown
+    @property
+    def shutdown(self) -> PrestopWait: ...
 
     def trigger(self, reason: str) -> None: ...
 
     def set_drained(self, drained: bool) -> None: ...
 
     async def reload(self, source: str) -> tuple[bool, str]: ...
-
-
-def is_loopback(remote: str | None) -> bool:
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote.split("%")[0])
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)
-    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 class ProbeServer:
@@ -61,9 +57,9 @@ class ProbeServer:
         self.port: int | None = None
 
     def _routes(self, router: web.UrlDispatcher) -> None:
-        for path, probe in PROBE_PATHS.items():
-            router.add_get(f"/{path}", self._probe_handler(probe))
-            router.add_get(f"/{path}/{{name}}", self._one_handler(probe))
+        for probe in Probe:
+            router.add_get(f"/{probe.path}", self._probe_handler(probe))
+            router.add_get(f"/{probe.path}/{{name}}", self._one_handler(probe))
         router.add_get("/agent/livez", self.agent_livez)
         router.add_get("/agent/readyz", self.agent_readyz)
         router.add_get("/status", self.get_status)
@@ -135,7 +131,7 @@ class ProbeServer:
 
     def refuse(self, request: web.Request) -> web.Response | None:
         """None when the caller may use admin calls: from loopback, or with the configured bearer token."""
-        if is_loopback(request.remote):
+        if is_loopback_host(request.remote):
             return None
         where = f"{request.method} {request.path} from {request.remote}"
         if self.token is None:
@@ -155,9 +151,7 @@ class ProbeServer:
     async def prestop(self, request: web.Request) -> web.Response:
         """Start the sequence and hold the kubelet's preStop hook until the app is stopped (or the drain is over)."""
         self.controls.trigger("GET /prestop")
-        shutdown = self.controls.shutdown
-        await (shutdown.stopped.wait() if shutdown.config.relay_signal else shutdown.drained.wait())
-        outcome = shutdown.report.outcome or "drained"
+        outcome = await self.controls.shutdown.wait_for_prestop()
         return web.Response(text=f"shutdown: {outcome}\n", content_type=TEXT)
 
     async def quitquitquit(self, request: web.Request) -> web.Response:
@@ -189,10 +183,8 @@ class ProbeServer:
         except BaseException:
             await self.runner.cleanup()
             raise
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        addresses = self.runner.addresses  # (host, port) or, for IPv6, (host, port, flowinfo, scope_id)
+        self.port = int(addresses[0][1]) if addresses else port
         event(log, logging.INFO, f"serving probes on {host}:{self.port}", listen=f"{host}:{self.port}")
 
     async def close(self) -> None:

@@ -1,7 +1,7 @@
 """The graceful-shutdown sequence: fail readiness, drain, relay the stop signal, kill at the timeout.
 
 One sequence per agent, started by the first trigger (SIGTERM, SIGINT, /prestop, /quitquitquit,
-the app's own exit); later triggers join it. The numbered steps match the README.
+the app's own exit); later triggers join it. The numbered steps match docs/shutdown.md.
 """
 
 from __future__ import annotations
@@ -92,6 +92,12 @@ class Shutdown:
         self.report = Report(trigger=reason, started=time.time())
         self._started_at = self.clock()
         self.task = asyncio.create_task(self._sequence(reason, app_gone), name="shutdown")
+
+    async def wait_for_prestop(self) -> str:
+        """Hold a preStop hook until the app is stopped (or, when the signal is not relayed, the drain is over);
+        the sequence's outcome."""
+        await (self.stopped.wait() if self.config.relay_signal else self.drained.wait())
+        return self.report.outcome or "drained"
 
     def skip_waits(self) -> None:
         if not self.hurry.is_set():

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from agent import __version__
 from agent.app import AppMonitor
-from agent.health import UNKNOWN_PASSES, CheckState, Health
+from agent.health import CheckState, Health
+from agent.probes import Probe
+from agent.units import format_time
 
 
 def iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+    return None if epoch is None else format_time(epoch)
 
 
 def check_document(state: CheckState, now: float, slack: float = 0.0) -> dict[str, Any]:
@@ -63,7 +62,7 @@ def status_document(health: Health, app: AppMonitor | None, now: float, *, start
         "uptime_seconds": round(now - health.started_at, 3),
         "startup_passed": health.startup_done,
         "admin_drained": health.admin_drained,
-        "probes": {p: health.answer(p, now).status == 200 for p in UNKNOWN_PASSES},
+        "probes": {p.value: health.answer(p, now).status == 200 for p in Probe},
         "checks": {name: check_document(state, now, health.slack()) for name, state in health.states.items()},
         "app": app_document(app),
         **(extra or {}),

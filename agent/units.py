@@ -1,9 +1,12 @@
-"""Parsers for the config's scalar units: durations, sizes, addresses."""
+"""The config's scalar units parsed, and the agent's output formatted: durations, sizes, addresses, times, messages."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import time
 
+LOOPBACK_NAMES = ("localhost", "ip6-localhost", "ip6-loopback")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|k|K|M|G|T)?B?")
@@ -96,7 +99,33 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def is_loopback_host(host: str) -> bool:
-    """True for names and addresses that stay on this host."""
-    host = host.strip("[]").lower()
-    return host in ("localhost", "::1", "ip6-localhost") or host.startswith("127.")
+def is_loopback_host(host: str | None) -> bool:
+    """True for a name or address that stays on this host: localhost, 127.0.0.0/8 and ::1 (also IPv4-mapped,
+    bracketed, or with a zone)."""
+    if not host:
+        return False
+    text = host.strip("[]").split("%")[0].lower()
+    if text in LOOPBACK_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def format_time(epoch: float) -> str:
+    """Epoch seconds as UTC ISO 8601 with milliseconds: `2026-01-02T03:04:05.678Z`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
+def one_line(text: str, limit: int | None = None, *, tail: int = 0) -> str:
+    """`text` on one line (each run of white space one space), cut to `limit` characters if given: in the middle,
+    keeping the last `tail` characters after ` ... `, or at the end with `...` when `tail` is 0."""
+    text = " ".join(text.split())
+    if limit is None or len(text) <= limit:
+        return text
+    if tail:
+        return text[:limit - tail - 5] + " ... " + text[-tail:]
+    return text[:limit - 3] + "..."

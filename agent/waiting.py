@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
+
+from agent.probes import Probe
 
 POLL = 0.25
 
@@ -22,9 +25,21 @@ def fetch(url: str, timeout: float = 1.0) -> tuple[int | None, str]:
         return None, f"agent not reachable at {url}: {getattr(reason, 'strerror', None) or reason}"
 
 
+def readiness_url(url: str) -> str:
+    """`url` itself, or the agent's readiness endpoint when `url` names only the agent (no path, or `/`)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.path not in ("", "/"):
+        return url
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{Probe.READINESS.path}"))
+
+
 def wait_ready(url: str, timeout: float, *, clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], None] = time.sleep) -> tuple[bool, str]:
-    """(True, "ready") once `url` answers 200, or (False, what still fails) after `timeout` seconds."""
+    """(True, "ready") once `url` answers 200, or (False, what still fails) after `timeout` seconds.
+
+    A `url` without a path (`http://127.0.0.1:8686`) means that agent's readiness endpoint.
+    """
+    url = readiness_url(url)
     verbose = url + ("&" if "?" in url else "?") + "verbose"
     deadline = clock() + timeout
     while True:

@@ -83,7 +83,7 @@ TYPE = CheckType(
     name="http",
     fields=(
         Field("url", Url(["http", "https"]), doc="the URL to request"),
-        Field("method", Enum(["GET", "HEAD", "POST", "PUT", "OPTIONS"]), "GET"),
+        Field("method", Enum(["GET", "HEAD", "POST", "PUT", "OPTIONS"]), "GET", "the request method"),
         Field("headers", StrMap(secret=True), (), "request headers; values are treated as secrets"),
         Field("status", StatusRange(), ((200, 399),), "status codes that pass, like 200-399"),
         optional("expect_body", Regex(), "a regex the first 10 KiB of the body must match"),

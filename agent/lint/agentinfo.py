@@ -11,7 +11,8 @@ import yaml
 
 from agent import checks
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, load, parse_yaml
-from agent.lint.commands import simple_commands
+from agent.fields import env_references
+from agent.lint.commands import option, simple_commands
 from agent.lint.model import Container, DataObject, Pod, Workload
 from agent.units import parse_address
 
@@ -19,7 +20,6 @@ AGENT_NAME = "sidecar-agent"
 DEFAULT_PORT = 8686
 DAEMONS = ("run", "exec")
 PLACEHOLDER = "lint-placeholder"
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 _K8S_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -87,17 +87,6 @@ def agent_arguments(container: Container) -> tuple[str, list[str]] | None:
     return sub, rest[1:] if rest and rest[0] == sub else rest
 
 
-def _option(args: Sequence[str], name: str) -> str | None:
-    for i, arg in enumerate(args):
-        if arg == "--":
-            return None
-        if arg == name and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(name + "="):
-            return arg[len(name) + 1:]
-    return None
-
-
 def find_agent_container(pod: Pod) -> tuple[Container, str, list[str]] | None:
     """The first container (native sidecars first) that runs the agent's daemon, its mode and its arguments."""
     for container in pod.running:
@@ -157,7 +146,7 @@ def load_permissive(text: str, env: Mapping[str, str | None], *, app_is_child: b
     except ConfigError as exc:
         return AgentConfig(None, origin, tuple(_join(p, m) for p, m in exc.problems))
     known = {k: v for k, v in env.items() if v is not None}
-    guessed = {name for name, default in _VAR.findall(text) if not default and name not in known}
+    guessed = {name for name, default in env_references(text) if default is None and name not in known}
     values = _Env({**known, **dict.fromkeys(guessed, PLACEHOLDER)})
     found = tree.get("checks") if isinstance(tree, dict) else None
     raw_checks: dict[str, object] = found if isinstance(found, dict) else {}
@@ -172,7 +161,7 @@ def load_permissive(text: str, env: Mapping[str, str | None], *, app_is_child: b
             real = []
             for path, message in exc.problems:
                 name = next((n for n in keep if path == f"checks.{n}" or path.startswith(f"checks.{n}.")), None)
-                if name is not None and guessed & {v for v, _ in _VAR.findall(yaml.safe_dump(keep[name]))}:
+                if name is not None and guessed & {v for v, _ in env_references(yaml.safe_dump(keep[name]))}:
                     tainted.add(name)
                 else:
                     real.append(_join(path, message))
@@ -201,7 +190,7 @@ def find_agent(workload: Workload, objects: Sequence[DataObject], given: tuple[s
     if found is None:
         return None
     container, mode, args = found
-    path = _option(args, "--config") or container.env.get("SIDECAR_AGENT_CONFIG")
+    path = option(args, ("--config",)) or container.env.get("SIDECAR_AGENT_CONFIG")
     if given is not None:
         settings = load_permissive(given[1], container.env, app_is_child=mode == "exec", origin=given[0])
     elif "SIDECAR_AGENT_CONFIG" in container.env and container.env["SIDECAR_AGENT_CONFIG"] is None and path is None:
@@ -221,7 +210,7 @@ def find_agent(workload: Workload, objects: Sequence[DataObject], given: tuple[s
 
 
 def _port(container: Container, args: Sequence[str], config: Config | None) -> int:
-    listen = _option(args, "--listen") or container.env.get("SIDECAR_AGENT_LISTEN")
+    listen = option(args, ("--listen",)) or container.env.get("SIDECAR_AGENT_LISTEN")
     if listen:
         try:
             return parse_address(listen, default_host="0.0.0.0", any_port=True)[1]

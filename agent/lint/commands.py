@@ -8,10 +8,12 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent.probes import Probe
+from agent.units import is_loopback_host
+
 SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh"})
 WRAPPERS = frozenset({"env", "exec", "nice", "nohup", "command", "timeout", "time"})
 PYTHON = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|sidecar-agent)$")
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0", "ip6-localhost"})
 URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?:[^@/\s]*@)?(?P<host>\[[^\]]*\]|[^:/\s?#]+)(?::(?P<port>\d+))?"
                  r"(?P<path>/[^\s?#]*)?", re.IGNORECASE)
 # Clients that talk to a server, and the option naming its host (absent: they use a local default).
@@ -88,7 +90,8 @@ class Target:
 
 
 def is_local(host: str) -> bool:
-    return host.lower() in LOCAL_HOSTS or host.startswith("127.")
+    """A host a client reaches on its own machine: a loopback one, or the any-address (which connects locally)."""
+    return is_loopback_host(host) or host == "0.0.0.0"
 
 
 def _host_port(text: str) -> tuple[str, int | None]:
@@ -103,21 +106,22 @@ def targets(argv: Sequence[str]) -> list[Target]:
     found: list[Target] = []
     for command in simple_commands(argv):
         name, args = program(command)
+        waits = name == "sidecar-agent" and args[:1] == ["wait"]
         for word in args:
             for match in URL.finditer(word):
                 url_host = match.group("host").strip("[]")
                 url_port = int(match.group("port")) if match.group("port") else None
-                found.append(Target("" if is_local(url_host) else url_host, url_port, match.group("path") or "/", name))
-        if name == "sidecar-agent" and args[:1] == ["wait"]:
-            url = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--url"), None)
-            url = url or next((a.split("=", 1)[1] for a in args if a.startswith("--url=")), None)
-            if url is None:  # its default URL is the agent's readiness
-                found.append(Target("", 8686, "/readyz", name))
+                path = match.group("path") or "/"
+                if waits and path == "/":  # `sidecar-agent wait` takes an agent's bare address for its readiness
+                    path = f"/{Probe.READINESS.path}"
+                found.append(Target("" if is_local(url_host) else url_host, url_port, path, name))
+        if waits and option(args, ("--url",)) is None:  # its default URL is the agent's readiness
+            found.append(Target("", 8686, f"/{Probe.READINESS.path}", name))
         if name in DNS_TOOLS:
             found.append(Target(next((a for a in args if not a.startswith("-")), "a DNS server"), None, None, name))
         if name not in CLIENT_HOST_FLAGS:
             continue
-        host, port = _option(args, CLIENT_HOST_FLAGS[name]), _option(args, CLIENT_PORT_FLAGS)
+        host, port = option(args, CLIENT_HOST_FLAGS[name]), option(args, CLIENT_PORT_FLAGS)
         if name in ("nc", "ncat", "netcat", "cqlsh", "grpcurl"):
             positional = [a for a in args if not a.startswith("-") and not URL.match(a)]
             host = positional[0] if positional else None
@@ -130,8 +134,12 @@ def targets(argv: Sequence[str]) -> list[Target]:
     return found
 
 
-def _option(args: Sequence[str], flags: Sequence[str]) -> str | None:
+def option(args: Sequence[str], flags: Sequence[str]) -> str | None:
+    """The value of the first of `flags` in a command's arguments: `--flag VALUE`, `--flag=VALUE`, or `-fVALUE` for a
+    one-letter flag; None when absent, or only after `--` (where the words are no longer options)."""
     for i, arg in enumerate(args):
+        if arg == "--":
+            return None
         for flag in flags:
             if arg == flag and i + 1 < len(args):
                 return args[i + 1]

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from agent.lint.agentinfo import Agent
 from agent.lint.findings import Finding
 from agent.lint.model import Container, Handler, Pod, Workload
+from agent.probes import PATHS
 
 NETWORK = ("httpGet", "tcpSocket", "grpc")
-APP_ENDPOINTS = {"liveness": "livez", "readiness": "readyz", "startup": "startupz"}
 AGENT_ENDPOINTS = ("agent/livez", "agent/readyz")
 
 
 def endpoint(path: str) -> str:
     """Which agent endpoint a path asks: livez, readyz, startupz (with or without /NAME), agent/livez, ... or the path."""
     bare = path.split("?", 1)[0].split("#", 1)[0].rstrip("/") or "/"
-    for name in APP_ENDPOINTS.values():
+    for name in PATHS:
         if bare == f"/{name}" or bare.startswith(f"/{name}/"):
             return name
     return bare.lstrip("/") if bare in ("/agent/livez", "/agent/readyz", "/prestop") else bare

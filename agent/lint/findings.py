@@ -11,6 +11,8 @@ SEVERITIES = (ERROR, WARNING, INFO)
 
 @dataclass(frozen=True)
 class Rule:
+    """A lint rule: its id, its level, and what goes wrong (one line; docs/lint.md lists it)."""
+
     id: str
     severity: str
     summary: str
@@ -18,24 +20,58 @@ class Rule:
 
 RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("liveness-dependency", ERROR,
-         "the liveness probe reaches a dependency (another host or container, or the agent's /readyz)"),
-    Rule("liveness-same-as-readiness", ERROR, "the liveness probe is the readiness probe"),
-    Rule("startup-probe-missing", WARNING, "a long liveness initialDelaySeconds stands in for a startup probe"),
-    Rule("probe-wrong-endpoint", ERROR, "a probe on the agent's port asks the wrong endpoint, or one the agent does not serve"),
-    Rule("probe-port-unresolved", ERROR, "a named port that the probed container does not declare"),
-    Rule("agent-probes-app-endpoints", ERROR, "the agent's own probes use /livez, /readyz or /startupz"),
-    Rule("liveness-window-too-short", ERROR, "the app's liveness fails before a crashed agent is back"),
-    Rule("probe-rejected", ERROR, "probe values the Kubernetes API server rejects"),
-    Rule("probe-starts-python", WARNING, "an exec probe starts a Python interpreter on every run"),
-    Rule("prestop-missing", ERROR, "an app container without a preStop hook beside the agent"),
-    Rule("prestop-wrong-target", ERROR, "a preStop hook that does not call /prestop on the agent's port"),
-    Rule("prestop-no-token", ERROR, "a preStop httpGet the agent will refuse (no token configured, or no header)"),
-    Rule("relay-without-shared-pid", ERROR, "the agent must see the app, but the pod does not share its process namespace"),
-    Rule("agent-cannot-signal", ERROR, "the agent runs as another user than the app, without an effective CAP_KILL"),
-    Rule("grace-period-too-short", ERROR, "terminationGracePeriodSeconds below the agent's shutdown budget plus a margin"),
-    Rule("drain-shorter-than-readiness", ERROR, "drain_delay ends before the kubelet can see readiness fail"),
-    Rule("agent-config-invalid", ERROR, "the agent's config does not load"),
-    Rule("agent-config-not-found", INFO, "the agent's config is not in the files given, so the rules that need it were skipped"),
+         "the liveness probe reaches a dependency: another host (`host:`, or an exec probe running `pg_isready -h db`, "
+         "`redis-cli -h`, `curl http://other`, `nc`, `nslookup`...), a port of another container, or the agent's "
+         "`/readyz`; a blip restarts every replica at once"),
+    Rule("liveness-same-as-readiness", ERROR,
+         "liveness and readiness run the same check: whatever should only take the pod out of the Service restarts it too"),
+    Rule("startup-probe-missing", WARNING,
+         "liveness has `initialDelaySeconds` of 30 or more and there is no startup probe: a slower start is killed "
+         "forever, a hang after a fast start goes unnoticed"),
+    Rule("probe-wrong-endpoint", ERROR,
+         "a probe on the agent's port asks another probe's endpoint (readiness on `/livez` never fails during the drain), "
+         "`/agent/*`, or a path the agent does not serve; or the agent's own probe asks another port"),
+    Rule("probe-port-unresolved", ERROR,
+         "a probe or hook names a port its own container does not declare (declaring it on the agent's container does not "
+         "count)"),
+    Rule("agent-probes-app-endpoints", ERROR,
+         "the agent's own probes ask `/livez`, `/readyz` or `/startupz` instead of `/agent/livez` and `/agent/readyz`: the"
+         " agent is restarted for the app's faults"),
+    Rule("liveness-window-too-short", ERROR,
+         "the app's liveness on the agent gives up before a crashed agent is back (see the restart time below)"),
+    Rule("probe-rejected", ERROR,
+         "values the API server rejects: `successThreshold` other than 1 on liveness or startup, negative values, no "
+         "handler or two, a bad port, probes on a plain init container"),
+    Rule("probe-starts-python", WARNING,
+         "an exec probe starts a Python interpreter (`python`, a `*.py` script, the `sidecar-agent` CLI) on every run: "
+         "tens of MB and 50-100 ms of CPU each time, enough to time out under a CPU limit"),
+    Rule("prestop-missing", ERROR,
+         "an app container has no preStop hook while the agent runs beside it (not for Jobs and CronJobs, nor in `exec` "
+         "mode): its SIGTERM races the endpoint removal and requests are dropped on every rollout"),
+    Rule("prestop-wrong-target", ERROR,
+         "the preStop hook does not call `/prestop` on the agent's port (a `sleep`, another port, path or host)"),
+    Rule("prestop-no-token", ERROR,
+         "a preStop `httpGet` to `/prestop` comes from the node, so the agent refuses it unless its config sets "
+         "`admin.token_file` or `admin.token_env` (403) and the hook sends `Authorization: Bearer ...` (401); `$(VAR)` is "
+         "not expanded in `httpHeaders`. An `exec` hook calling `http://127.0.0.1:PORT/prestop` needs no token"),
+    Rule("relay-without-shared-pid", ERROR,
+         "the config finds the app with `app.match` (to relay the stop signal, or for process checks) but the pod neither "
+         "sets `shareProcessNamespace: true` nor runs the app under `sidecar-agent exec`"),
+    Rule("agent-cannot-signal", ERROR,
+         "the agent relays the stop signal to an app of another `runAsUser` without an effective `CAP_KILL`: root that "
+         "keeps (or adds back) `KILL`; for a non-root agent `capabilities.add: [KILL]` is not effective (no ambient "
+         "capabilities)"),
+    Rule("grace-period-too-short", ERROR,
+         "`terminationGracePeriodSeconds` (default 30) is less than the shutdown budget (`max(drain_delay, "
+         "drain_connections.timeout)`, plus `stop_timeout` when relaying) plus 5 s for the hook, the signals and the exits"),
+    Rule("drain-shorter-than-readiness", ERROR,
+         "`shutdown.drain_delay` is shorter than the app's readiness `periodSeconds` times `failureThreshold` on the agent: the "
+         "app is signalled before the kubelet can see readiness fail"),
+    Rule("agent-config-invalid", ERROR,
+         "the agent's config does not load (each problem with its key path): the agent would exit with code 2"),
+    Rule("agent-config-not-found", INFO,
+         "the config the agent reads is not in the files linted: the rules that need it were skipped; lint the ConfigMap's"
+         " file too, or pass `--agent-config`"),
 )}
 
 

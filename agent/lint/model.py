@@ -13,11 +13,11 @@ from typing import Any, NoReturn
 
 from agent.lint.findings import InputError
 from agent.lint.source import Document, line_of
+from agent.probes import NAMES as PROBE_NAMES
 
 # The kubelet's defaults for a probe field that is absent (or 0, which the API server defaults the same way).
 PROBE_DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1,
                   "failureThreshold": 3}
-PROBE_KINDS = ("liveness", "readiness", "startup")
 PROBE_HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
 HOOK_HANDLERS = ("httpGet", "tcpSocket", "exec", "sleep")
 DEFAULT_GRACE_PERIOD = 30
@@ -262,7 +262,7 @@ class _Reader:
                 ports.append((self.text(port, "name", f"{path}.ports[{i}]"), number))
         probes = {kind: self.probe(kind, self.mapping(node, f"{kind}Probe", path), f"{path}.{kind}Probe",
                                    line_of(node, f"{kind}Probe"))
-                  for kind in PROBE_KINDS if node.get(f"{kind}Probe") is not None}
+                  for kind in PROBE_NAMES if node.get(f"{kind}Probe") is not None}
         lifecycle = self.mapping(node, "lifecycle", path)
         pre_stop = None
         if lifecycle.get("preStop") is not None:

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from agent.lint.commands import starts_python, targets
-from agent.lint.context import AGENT_ENDPOINTS, APP_ENDPOINTS, NETWORK, Context, endpoint
+from agent.lint.context import AGENT_ENDPOINTS, NETWORK, Context, endpoint
 from agent.lint.findings import Finding
 from agent.lint.model import Container, Handler
+from agent.probes import PATHS, Probe, named
 
 # A liveness initialDelaySeconds this long is standing in for a startup probe (the slow-start case).
 LONG_INITIAL_DELAY = 30
@@ -57,7 +58,7 @@ def _live_fix(ctx: Context) -> str:
 def liveness_dependency(ctx: Context) -> Iterator[Finding]:
     """A liveness probe that reaches another host, another container, or the agent's /readyz."""
     for c in ctx.pod.running:
-        probe = c.probes.get("liveness")
+        probe = c.probes.get(Probe.LIVENESS)
         if probe is None or ctx.is_run_agent(c):
             continue
         h, reasons = probe.handler, []
@@ -67,7 +68,7 @@ def liveness_dependency(ctx: Context) -> Iterator[Finding]:
             port = c.resolve(h.port)
             owner = ctx.owner(c, port) if port is not None else None
             if ctx.agent is not None and port == ctx.agent.port:
-                if h.type == "httpGet" and endpoint(h.path) == "readyz":
+                if h.type == "httpGet" and endpoint(h.path) == Probe.READINESS.path:
                     reasons.append("it asks the agent's /readyz, which fails whenever a readiness check, a dependency, fails")
             elif owner is not None:
                 reasons.append(f"port {port} belongs to container {owner.name}")
@@ -76,7 +77,7 @@ def liveness_dependency(ctx: Context) -> Iterator[Finding]:
                 owner = ctx.owner(c, t.port) if t.port is not None and not t.host else None
                 if t.host:
                     reasons.append(f"`{t.program}` connects to {t.host}")
-                elif ctx.agent is not None and t.port == ctx.agent.port and endpoint(t.path or "") == "readyz":
+                elif ctx.agent is not None and t.port == ctx.agent.port and endpoint(t.path or "") == Probe.READINESS.path:
                     reasons.append(f"`{t.program}` asks the agent's /readyz, which fails whenever a dependency fails")
                 elif owner is not None and not ctx.is_agent(owner):
                     reasons.append(f"`{t.program}` connects to port {t.port} of container {owner.name}")
@@ -89,7 +90,7 @@ def liveness_dependency(ctx: Context) -> Iterator[Finding]:
 def liveness_same_as_readiness(ctx: Context) -> Iterator[Finding]:
     """A liveness probe identical to the readiness probe."""
     for c in ctx.pod.running:
-        live, ready = c.probes.get("liveness"), c.probes.get("readiness")
+        live, ready = c.probes.get(Probe.LIVENESS), c.probes.get(Probe.READINESS)
         if live is None or ready is None or ctx.is_run_agent(c) or ctx.to_agent(c, live.handler):
             continue  # on the agent's port, one of the two asks the wrong endpoint: the endpoint rules say which
         key = _key(c, live.handler)
@@ -103,8 +104,8 @@ def liveness_same_as_readiness(ctx: Context) -> Iterator[Finding]:
 def startup_probe_missing(ctx: Context) -> Iterator[Finding]:
     """A long liveness initialDelaySeconds and no startup probe."""
     for c in ctx.pod.running:
-        live = c.probes.get("liveness")
-        if live is None or "startup" in c.probes or live.initial_delay < LONG_INITIAL_DELAY:
+        live = c.probes.get(Probe.LIVENESS)
+        if live is None or Probe.STARTUP in c.probes or live.initial_delay < LONG_INITIAL_DELAY:
             continue
         target = "the agent's /startupz" if ctx.agent is not None and ctx.to_agent(c, live.handler) else "the liveness check"
         yield ctx.finding("startup-probe-missing", c, live.line,
@@ -146,21 +147,21 @@ def probe_wrong_endpoint(ctx: Context) -> Iterator[Finding]:
                     yield ctx.finding("probe-wrong-endpoint", c, probe.line,
                                       f"the agent's {kind} probe asks port {resolved}, but the agent listens on {port}: "
                                       "it always fails and the kubelet restarts the agent", f"use port {port}")
-                elif h.type == "httpGet" and endpoint(h.path) not in (*AGENT_ENDPOINTS, *APP_ENDPOINTS.values()):
+                elif h.type == "httpGet" and endpoint(h.path) not in (*AGENT_ENDPOINTS, *PATHS):
                     yield ctx.finding("probe-wrong-endpoint", c, probe.line,
                                       f"the agent does not serve {h.path}: the probe gets 404 and fails",
                                       f"use /agent/livez (liveness) or /agent/readyz (readiness, startup) on port {port}")
                 continue
             if not ctx.to_agent(c, h):
                 continue
-            want = APP_ENDPOINTS[kind]
+            want = named(kind).path
             if h.type != "httpGet":
                 yield ctx.finding("probe-wrong-endpoint", c, probe.line,
                                   f"a {h.type} {kind} probe on the agent's port only sees that the agent accepts "
                                   "connections, never what the agent knows of the app", f"use httpGet /{want} on port {port}")
                 continue
             got = endpoint(h.path)
-            if got == want or (kind == "liveness" and got == "readyz"):  # the latter is liveness-dependency
+            if got == want or (kind == Probe.LIVENESS and got == Probe.READINESS.path):  # the latter is liveness-dependency
                 continue
             consequence = _CONSEQUENCES.get((kind, got))
             if consequence is None and got == "prestop":
@@ -200,9 +201,9 @@ def agent_probes_app_endpoints(ctx: Context) -> Iterator[Finding]:
     for kind, probe in c.probes.items():
         h = probe.handler
         got = endpoint(h.path) if h.type == "httpGet" and not h.host else ""
-        if got not in APP_ENDPOINTS.values() or c.resolve(h.port) != ctx.agent.port:
+        if got not in PATHS or c.resolve(h.port) != ctx.agent.port:
             continue
-        action = "restart the agent" if kind == "liveness" else "hold the agent unready"
+        action = "restart the agent" if kind == Probe.LIVENESS else "hold the agent unready"
         yield ctx.finding("agent-probes-app-endpoints", c, probe.line,
                           f"the agent's {kind} probe asks {h.path}, which answers for the app: the kubelet would {action} "
                           "whenever the app fails, and while the agent restarts the app's own probes fail too",
@@ -214,7 +215,7 @@ def liveness_window_too_short(ctx: Context) -> Iterator[Finding]:
     if ctx.agent is None or ctx.agent.mode != "run":
         return
     for c in ctx.apps:
-        live = c.probes.get("liveness")
+        live = c.probes.get(Probe.LIVENESS)
         if live is None or c is ctx.agent.container or not ctx.to_agent(c, live.handler):
             continue
         window = (live.failure - 1) * live.period
@@ -238,7 +239,7 @@ def probe_rejected(ctx: Context) -> Iterator[Finding]:
             continue
         for kind, probe in c.probes.items():
             h, problems = probe.handler, []
-            if kind != "readiness" and probe.given.get("successThreshold", 1) not in (0, 1):
+            if kind != Probe.READINESS and probe.given.get("successThreshold", 1) not in (0, 1):
                 problems.append(f"successThreshold must be 1 for a {kind} probe, got {probe.given['successThreshold']}")
             problems += [f"{k} must not be negative, got {v}" for k, v in probe.given.items() if v < 0]
             if len(h.all_types) != 1:
@@ -268,7 +269,7 @@ def probe_starts_python(ctx: Context) -> Iterator[Finding]:
             if ctx.agent is None:
                 where = "an httpGet probe"
             else:
-                path = "/agent/livez or /agent/readyz" if ctx.is_run_agent(c) else f"/{APP_ENDPOINTS[kind]}"
+                path = "/agent/livez or /agent/readyz" if ctx.is_run_agent(c) else f"/{named(kind).path}"
                 where = f"httpGet {path} on the agent's port {ctx.agent.port}"
             yield ctx.finding("probe-starts-python", c, probe.line,
                               f"the {kind} probe runs {name}: a new Python interpreter every {probe.period}s costs tens of "

@@ -9,6 +9,7 @@ from agent.lint.commands import targets
 from agent.lint.context import Context, endpoint
 from agent.lint.findings import Finding
 from agent.lint.model import Container, Handler
+from agent.probes import Probe
 
 # Time the sequence needs beyond its budget: the hook's round trip, signal delivery, processes exiting and the
 # agent flushing and closing. The default config (5 s drain + 20 s stop) fits the default 30 s grace period with it.
@@ -117,7 +118,7 @@ def relay_without_shared_pid(ctx: Context) -> Iterator[Finding]:
     if process:
         names = ", ".join(c.name for c in process)
         uses.append(f"to watch it in process checks ({names})")
-        live = any("liveness" in c.probes for c in process)
+        live = any(Probe.LIVENESS in c.probes for c in process)
         effects.append(f"{names} always fail" + (", and under liveness they restart the app over and over" if live else ""))
     if uses:
         yield ctx.finding("relay-without-shared-pid", agent.container, None,
@@ -180,7 +181,7 @@ def drain_shorter_than_readiness(ctx: Context) -> Iterator[Finding]:
         return
     drain = agent.config.shutdown.drain_delay
     for c in ctx.apps:
-        ready = c.probes.get("readiness")
+        ready = c.probes.get(Probe.READINESS)
         if ready is None or not ctx.to_agent(c, ready.handler):
             continue
         window = ready.period * ready.failure

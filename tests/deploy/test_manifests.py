@@ -26,7 +26,6 @@ from tests.deploy.manifests import (
     MARGIN,
     PROMETHEUS,
     ROOT,
-    WEBHOOK,
     Workload,
     all_documents,
     budget,
@@ -302,12 +301,9 @@ def test_every_file_under_deploy_is_a_manifest_or_a_dashboard() -> None:
     assert all(f.endswith((".yaml", ".json")) or f == "webhook/make-certs.sh" for f in files), files
 
 
-def test_the_readme_guide_names_every_file_and_the_manifests_numbers(configs: dict[str, dict[str, Any]]) -> None:
-    readme = (ROOT / "README.md").read_text()
-    guide = readme[readme.index("## Deploying on Kubernetes"):]
-    guide = guide[:guide.index("\n## ", 1)]
-    # deploy/webhook has its own page, docs/webhook.md (tests/deploy/test_webhook_manifests.py checks it).
-    for path in sorted(p for p in DEPLOY.rglob("*") if p.is_file() and WEBHOOK not in p.parents):
+def test_the_deployment_guide_names_every_file_and_the_manifests_numbers(configs: dict[str, dict[str, Any]]) -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text()
+    for path in sorted(p for p in DEPLOY.rglob("*") if p.is_file()):
         assert path.name in guide, f"the deployment guide does not mention {path.relative_to(ROOT)}"
     regular = next(w for w in WORKLOADS if w.doc["kind"] == "Deployment" and not w.native)
     shutdown = configs[regular.name]["shutdown"]

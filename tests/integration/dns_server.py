@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.servers import free_port
+
 DNSMASQ_HINT = "dnsmasq is not installed (Debian: apt-get install dnsmasq-base)"
 
 
@@ -34,21 +36,6 @@ def dnsmasq_path() -> str:
             pytest.fail(DNSMASQ_HINT)
         pytest.skip(DNSMASQ_HINT)
     return path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host` just now (a DNS server needs both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port: int = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no port free for both UDP and TCP")
 
 
 def ask(host: str, port: int, name: str, qtype: int = 1, timeout: float = 0.5) -> bytes | None:

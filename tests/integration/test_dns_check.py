@@ -1,4 +1,6 @@
-"""The dns check: its wire format on bytes built here, and the real agent against real DNS servers on loopback.
+"""The dns check: its client against scripted servers, and the real agent against real DNS servers on loopback.
+
+The wire format has its own tests, fuzzing included: tests/unit/test_dns_wire.py.
 
 No query leaves this machine: the nameserver tests ask dnsmasq (no upstream) or a scripted UDP responder on
 127.0.0.1, and the system-resolver tests resolve `localhost`, or run the agent with its own /etc/hosts and
@@ -8,200 +10,27 @@ No query leaves this machine: the nameserver tests ask dnsmasq (no upstream) or 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import socket
 import struct
 import textwrap
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from agent.checks import CheckFailure
-from agent.checks.dns_check import (
-    RECORD_TYPES,
-    DnsCheck,
-    MalformedMessage,
-    Params,
-    answers_question,
-    encode_name,
-    encode_query,
-    first_nameserver,
-    parse_message,
-)
+from agent.checks.dns_check import DnsCheck, Params, first_nameserver
+from agent.checks.dns_wire import encode_query
 from agent.config import ConfigError, dump, load
 from agent.testing import AgentProcess, run_agent
+from tests.dns_messages import A, header, pointer, record, reply_to, wire
 from tests.integration.dns_server import (
     dnsmasq,
-    free_port,
     private_resolver,
     require_private_mounts,
     responder,
     silent_udp,
 )
-
-A, NS, CNAME, MX, TXT, AAAA, SRV = (RECORD_TYPES[t] for t in ("A", "NS", "CNAME", "MX", "TXT", "AAAA", "SRV"))
-
-
-# -- building messages by hand -----------------------------------------------------------------------
-
-
-def wire(name: str) -> bytes:
-    return b"".join(bytes([len(label)]) + label.encode() for label in name.split(".") if label) + b"\0"
-
-
-def header(query_id: int, flags: int, qd: int = 1, an: int = 0) -> bytes:
-    return struct.pack("!HHHHHH", query_id, flags, qd, an, 0, 0)
-
-
-def record(owner: bytes, rtype: int, rdata: bytes, ttl: int = 60) -> bytes:
-    return owner + struct.pack("!HHIH", rtype, 1, ttl, len(rdata)) + rdata
-
-
-def pointer(offset: int) -> bytes:
-    return struct.pack("!H", 0xC000 | offset)
-
-
-def reply_to(query: bytes, *, rcode: int = 0, answers: list[bytes] | None = None, flags: int = 0x8180,
-             query_id: int | None = None) -> bytes:
-    """A response to `query` (its id and question) with these answer records."""
-    (qid,) = struct.unpack_from("!H", query)
-    answers = answers or []
-    return header(qid if query_id is None else query_id, flags | rcode, 1, len(answers)) + query[12:] + b"".join(answers)
-
-
-def compressed_answer() -> tuple[bytes, dict[str, int]]:
-    """A response to `ok.test MX` whose answers use compression pointers in owners and in record data."""
-    out = bytearray(header(0x4242, 0x8180, 1, 7))
-    at = {"question": len(out)}
-    out += wire("ok.test") + struct.pack("!HH", MX, 1)
-    # MX 10 mail.<ok.test>: a label, then a pointer to the question's name
-    at["mx_rdata"] = len(out) + 2 + 10
-    out += record(pointer(at["question"]), MX, struct.pack("!H", 10) + b"\x04mail" + pointer(at["question"]))
-    at["mail"] = at["mx_rdata"] + 2  # where `mail.ok.test` starts, inside the MX data
-    at["a_record"] = len(out)
-    out += record(pointer(at["mail"]), A, bytes([192, 0, 2, 1]))  # owner: a pointer into another record's data
-    out += record(pointer(at["question"]), SRV, struct.pack("!HHH", 1, 5, 8080) + pointer(at["mail"]))
-    out += record(b"\x03txt" + pointer(at["question"]), TXT, b"\x0bhello world" + b'\x09say "hi"\\' + b"\x00")
-    out += record(pointer(at["mail"]), AAAA, ipaddress.IPv6Address("2001:db8::1").packed)
-    out += record(pointer(at["question"]), 99, b"abc")
-    out += record(b"\x05alias" + pointer(at["question"]), CNAME, wire("x.y"))
-    return bytes(out), at
-
-
-# -- the wire format ---------------------------------------------------------------------------------
-
-
-def test_a_query_is_one_question_with_recursion_desired_and_no_edns() -> None:
-    assert encode_query(0x1234, "ok.test", MX) == (
-        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"\x02ok\x04test\x00" + b"\x00\x0f\x00\x01")
-    assert encode_query(1, "ok.test.", A)[12:] == encode_query(1, "ok.test", A)[12:]
-
-
-def test_names_are_checked_before_they_are_sent() -> None:
-    assert encode_name("_http._tcp.srv.test") == b"\x05_http\x04_tcp\x03srv\x04test\x00"
-    assert encode_name("bücher.test") == b"\x0dxn--bcher-kva\x04test\x00"
-    for bad in ("", ".", "a..b", "a b.test", "x" * 64 + ".test", ".".join(["abcdefghi"] * 26)):
-        with pytest.raises(ValueError):
-            encode_name(bad)
-
-
-def test_an_answer_with_compression_pointers_is_parsed() -> None:
-    data, _ = compressed_answer()
-    message = parse_message(data)
-    assert (message.id, message.rcode, message.truncated) == (0x4242, 0, False)
-    assert message.question == (wire("ok.test"), MX, 1)
-    assert [(r.name, r.rtype, r.data) for r in message.answers] == [
-        ("ok.test", MX, "10 mail.ok.test"),
-        ("mail.ok.test", A, "192.0.2.1"),
-        ("ok.test", SRV, "1 5 8080 mail.ok.test"),
-        ("txt.ok.test", TXT, '"hello world" "say \\"hi\\"\\\\" ""'),
-        ("mail.ok.test", AAAA, "2001:db8::1"),
-        ("ok.test", 99, "\\# 3 616263"),
-        ("alias.ok.test", CNAME, "x.y"),
-    ]
-    assert answers_question(message, wire("OK.Test"), MX)
-    assert not answers_question(message, wire("ok.test"), A)
-    assert not answers_question(message, wire("other.test"), MX)
-
-
-def test_every_truncation_of_an_answer_is_a_check_failure() -> None:
-    data, _ = compressed_answer()
-    for end in range(len(data)):
-        with pytest.raises(MalformedMessage):
-            parse_message(data[:end])
-    assert issubclass(MalformedMessage, CheckFailure)
-
-
-def test_a_truncated_answer_keeps_the_records_that_came_whole() -> None:
-    data, _ = compressed_answer()
-    cut = bytearray(data[:64])
-    cut[2] |= 0x02  # TC
-    message = parse_message(bytes(cut))
-    assert message.truncated and [r.rtype for r in message.answers] == [MX, A]
-
-
-@pytest.mark.parametrize(("change", "reason"), [
-    (lambda d, at: d[:2] + b"\x01\x00" + d[4:], "a query, not a response"),
-    (lambda d, at: d[:4] + b"\x00\x02" + d[6:], "2 questions"),
-    (lambda d, at: d[:2] + b"\xa9\x80" + d[4:], "unexpected opcode 5"),
-    # the first answer's owner points at itself, then at a later byte
-    (lambda d, at: d[:25] + pointer(25) + d[27:], "does not point backwards"),
-    (lambda d, at: d[:25] + pointer(40) + d[27:], "does not point backwards"),
-    (lambda d, at: d[:12] + b"\x42" + d[13:], "unknown label type 0x40"),
-    # the A record says 5 bytes of data
-    (lambda d, at: d[:at["a_record"] + 10] + b"\x00\x05" + d[at["a_record"] + 12:], "is 5 bytes, not 4"),
-])
-def test_a_malformed_answer_is_refused_with_a_reason(change: Any, reason: str) -> None:
-    data, at = compressed_answer()
-    with pytest.raises(MalformedMessage, match=reason):
-        parse_message(change(data, at))
-
-
-def test_records_whose_data_disagrees_with_their_length_are_refused() -> None:
-    question = header(1, 0x8180, 1, 1) + wire("ok.test") + struct.pack("!HH", A, 1)
-    with pytest.raises(MalformedMessage, match="is 5 bytes, not 4"):
-        parse_message(question + record(pointer(12), A, b"\x7f\x00\x00\x01\x00"))
-    with pytest.raises(MalformedMessage, match="does not end where its length says"):
-        parse_message(question + record(pointer(12), CNAME, wire("a.b") + b"\x00"))
-    with pytest.raises(MalformedMessage, match="runs past"):
-        parse_message(question + record(pointer(12), MX, b"\x00"))
-    with pytest.raises(MalformedMessage, match="runs past its end"):
-        parse_message(question + record(pointer(12), TXT, b"\x05abc"))
-
-
-def test_a_name_longer_than_255_bytes_through_pointers_is_refused() -> None:
-    out = bytearray(header(1, 0x8180, 1, 2) + wire("ok.test") + struct.pack("!HH", A, 1))
-    chain = bytearray()  # the data of a first record: 63-byte labels, each pointing back to the one before
-    start = len(out) + 2 + 10
-    previous = 12
-    for _ in range(5):
-        here = start + len(chain)
-        chain += b"\x3f" + b"x" * 63 + pointer(previous)
-        previous = here
-    out += record(pointer(12), 99, bytes(chain))
-    out += record(pointer(previous), A, b"\x7f\x00\x00\x01")
-    with pytest.raises(MalformedMessage, match="longer than 255"):
-        parse_message(bytes(out))
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.binary(max_size=300))
-def test_any_bytes_parse_or_fail_as_a_check_failure(data: bytes) -> None:
-    with contextlib.suppress(CheckFailure):
-        parse_message(data)
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)), min_size=1, max_size=4))
-def test_a_mutated_answer_parses_or_fails_as_a_check_failure(changes: list[tuple[int, int]]) -> None:
-    data = bytearray(compressed_answer()[0])
-    for position, value in changes:
-        data[position % len(data)] = value
-    with contextlib.suppress(CheckFailure):
-        parse_message(bytes(data))
+from tests.servers import free_port
 
 
 def test_the_first_nameserver_of_resolv_conf_is_used_on_port_53() -> None:

@@ -147,6 +147,20 @@ def test_wait_exits_0_once_ready_and_1_naming_what_fails(listener) -> None:  # t
         assert f"[-]db failed: connection refused by 127.0.0.1:{port}" in failed.stderr
 
 
+def test_wait_on_the_agents_address_alone_polls_its_readyz(listener) -> None:  # type: ignore[no-untyped-def]
+    port = listener.getsockname()[1]
+    config = f"checks: {{db: {{type: tcp, address: '127.0.0.1:{port}', interval: 100ms, failure_threshold: 1}}}}\n"
+    with run_agent(config) as agent:
+        agent.wait_status("/readyz", 200)
+        for url in (agent.url, agent.url + "/"):
+            ok = cli("wait", "--url", url, "--timeout", "5s")
+            assert ok.returncode == 0 and ok.stdout.strip() == f"ready: {agent.url}/readyz", ok
+        listener.close()
+        agent.wait_status("/readyz", 503)
+        failed = cli("wait", "--url", agent.url, "--timeout", "500ms")
+        assert failed.returncode == 1 and "(HTTP 503)" in failed.stderr and "[-]db failed" in failed.stderr, failed
+
+
 def test_wait_says_when_the_agent_is_not_reachable(listener) -> None:  # type: ignore[no-untyped-def]
     port = listener.getsockname()[1]
     listener.close()

@@ -54,6 +54,10 @@ def test_liveness_with_a_host_leaves_the_pod() -> None:
     (["cat", "/tmp/healthy"], False),
     (["/bin/bash", "-c", "test -f /tmp/alive && wget -q -O- http://[::1]:8686/livez"], False),
     (["sidecar-agent", "wait", "--timeout", "1s"], True),  # its default URL is the agent's /readyz
+    (["sidecar-agent", "wait", "--url", "http://127.0.0.1:8686"], True),  # an address alone means its /readyz
+    (["sidecar-agent", "wait", "--url=http://127.0.0.1:8686/agent/readyz"], False),
+    (["sidecar-agent", "wait", "--", "--url", "x"], True),  # after `--` no word is an option: the default URL
+    (["redis-cli", "--", "-h", "redis"], False),
     (["sh", "-c", "curl -f http://localhost:8686/readyz"], True),
 ])
 def test_exec_liveness_that_connects_elsewhere(command: list[str], dependency: bool) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.units import format_duration, is_loopback_host, parse_address, parse_duration, parse_size
+from agent.units import format_duration, format_time, is_loopback_host, one_line, parse_address, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(("text", "seconds"), [
@@ -50,5 +50,19 @@ def test_bad_addresses_are_refused(text: str) -> None:
 
 
 def test_loopback_hosts_are_recognised() -> None:
-    assert all(map(is_loopback_host, ["localhost", "127.0.0.1", "127.1.2.3", "::1", "[::1]"]))
-    assert not any(map(is_loopback_host, ["db", "10.0.0.1", "example.com", "0.0.0.0"]))
+    assert all(map(is_loopback_host, ["localhost", "LocalHost", "127.0.0.1", "127.1.2.3", "::1", "[::1]", "::ffff:127.0.0.1",
+                                      "::1%lo", "ip6-localhost"]))
+    assert not any(map(is_loopback_host, ["db", "10.0.0.1", "example.com", "0.0.0.0", "::", "::ffff:10.0.0.1", "", None,
+                                          "127.example.com"]))
+
+
+def test_times_are_utc_iso_with_milliseconds() -> None:
+    assert format_time(0.25) == "1970-01-01T00:00:00.250Z"
+    assert format_time(1767323045.5) == "2026-01-02T03:04:05.500Z"
+
+
+def test_one_line_folds_white_space_and_cuts_at_the_end_or_in_the_middle() -> None:
+    assert one_line(" a\n\tb  c ") == "a b c"
+    assert one_line("x" * 10, 10) == "x" * 10
+    assert one_line("abcdefghijkl", 10) == "abcdefg..."
+    assert one_line("abcdefghijklmnopqrst", 15, tail=4) == "abcdef ... qrst"
