@@ -126,6 +126,7 @@ MALFORMED = {
     "no-uid": {**review(pod()), "request": {k: v for k, v in review(pod())["request"].items() if k != "uid"}},
     "not-a-pod": review({"metadata": {"name": "x"}}, kind={"group": "apps", "version": "v1", "kind": "Deployment"}),
     "no-object": review(None),
+    "no-operation": {**review(pod()), "request": {k: v for k, v in review(pod())["request"].items() if k != "operation"}},
     "bad-dry-run": {**review(pod()), "request": {**review(pod())["request"], "dryRun": "yes"}},
 }
 
@@ -235,6 +236,17 @@ async def test_a_half_rotated_pair_keeps_the_last_good_certificate_until_it_is_w
     replace(pairs["second"].key, webhook.tls.key)
     assert await served_certificate(webhook, both) == der(pairs["second"])
     assert webhook.sample("sidecar_webhook_certificate_reloads_total", result="success") == 1
+
+
+async def test_certificate_files_missing_for_a_moment_keep_the_loaded_pair_in_service(
+        webhook: Running, pairs: dict[str, TlsPair]) -> None:
+    both = client_context(pairs["first"].cert, pairs["second"].cert)
+    webhook.tls.cert.unlink()  # between a volume's old files going and the new ones coming
+    assert await served_certificate(webhook, both) == der(pairs["first"])
+    assert webhook.sample("sidecar_webhook_certificate_reloads_total", result="failure") == 0, "nothing to load yet"
+    replace(pairs["second"].key, webhook.tls.key)
+    replace(pairs["second"].cert, webhook.tls.cert)
+    assert await served_certificate(webhook, both) == der(pairs["second"])
 
 
 async def test_the_patch_is_base64_json_patch(webhook: Running) -> None:
