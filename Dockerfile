@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # sidecar-agent image: docker build -t sidecar-agent:0.1.0 .
-#   --build-arg EXTRAS=all        (default) every optional check client: redis, postgres, grpc
+#   --build-arg EXTRAS=all        (default) every optional check client: redis, postgres, grpc,
+#                                 and the admission webhook's jsonpatch (sidecar-agent webhook)
 #   --build-arg EXTRAS=redis,grpc only those; EXTRAS= (empty) none: process, http, tcp, exec,
 #                                 file, heartbeat and dns checks need no extra library
 # Multi-stage: the wheel is built and installed into a virtualenv in the build stage; the final

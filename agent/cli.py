@@ -1,4 +1,4 @@
-"""The command line: run, exec, wait, check-config, schema, lint.
+"""The command line: run, exec, wait, check-config, schema, lint, webhook.
 
 Exit 0 clean, 1 internal error, 2 usage, config or plug-in error; exec passes the app's own code through.
 """
@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a preStop hook)")
     stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit on loopback at the port of "
                       "$SIDECAR_AGENT_LISTEN, else 8686)")
+    hook = sub.add_parser("webhook", help="serve the mutating admission webhook that adds the agent to new pods")
+    hook.add_argument("--tls-cert", required=True, metavar="FILE", help="the serving certificate (PEM, chain first)")
+    hook.add_argument("--tls-key", required=True, metavar="FILE", help="its private key (PEM)")
+    hook.add_argument("--listen", default="0.0.0.0:8443", metavar="ADDR", help="address to serve on (default: %(default)s)")
+    hook.add_argument("--kubernetes-version", default="1.33", metavar="X.Y",
+                      help="the cluster's Kubernetes version, which decides the sidecar mode (default: %(default)s)")
+    hook.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     return parser
 
 
@@ -208,16 +215,48 @@ def cmd_lint(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 1 if result.failed else EXIT_OK
 
 
+def parse_kubernetes_version(text: str) -> tuple[int, int]:
+    """(major, minor) from `X.Y`; UsageError otherwise."""
+    major, dot, minor = text.strip().removeprefix("v").partition(".")
+    if not (dot and major.isdigit() and minor.isdigit()):
+        raise UsageError(f"sidecar-agent: --kubernetes-version: expected X.Y like 1.33, got {text!r}")
+    return int(major), int(minor)
+
+
+def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from agent import webhook  # the server stack and jsonpatch load only for this command
+
+    version = parse_kubernetes_version(args.kubernetes_version)
+    try:
+        host, port = parse_address(args.listen, default_host="0.0.0.0", any_port=True)
+    except ValueError as exc:
+        raise UsageError(f"sidecar-agent: --listen: {exc}") from None
+    if not args.image.strip():
+        raise UsageError("sidecar-agent: --image: empty")
+    try:
+        webhook.server_context(args.tls_cert, args.tls_key)
+    except webhook.CertificateError as exc:
+        raise UsageError(f"sidecar-agent: --tls-cert/--tls-key: {exc}") from None
+    settings = webhook.Settings(cert=args.tls_cert, key=args.tls_key, host=host, port=port, image=args.image.strip(),
+                                kubernetes_version=version)
+    mutate, refusals = webhook.injection(settings)
+    logs.setup("info", "json")
+    try:
+        code = _run_loop(webhook.serve(settings, mutate, refusals))
+    except OSError as exc:
+        logging.getLogger("agent").error("cannot listen on %s: %s", args.listen, exc.strerror or exc)
+        code = EXIT_INTERNAL
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
 def cmd_inject(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from agent.inject import Options
     from agent.inject.documents import run
     from agent.lint import InputError
 
-    try:
-        major, minor = (int(part) for part in args.kubernetes_version.split("."))
-    except ValueError:
-        raise UsageError(f"sidecar-agent inject: --kubernetes-version: expected X.Y like 1.33, got {args.kubernetes_version!r}"
-                         ) from None
+    major, minor = parse_kubernetes_version(args.kubernetes_version)
     try:
         report = run(args.paths, Options(image=args.image, kubernetes_version=(major, minor)), undo=args.remove)
     except InputError as exc:
@@ -245,8 +284,10 @@ def cmd_stop(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return EXIT_OK if accepted else 1
 
 
+
+
 COMMANDS = {"run": cmd_run, "exec": cmd_exec, "wait": cmd_wait, "check-config": cmd_check_config, "schema": cmd_schema,
-            "lint": cmd_lint, "inject": cmd_inject, "stop": cmd_stop}
+            "lint": cmd_lint, "inject": cmd_inject, "stop": cmd_stop, "webhook": cmd_webhook}
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

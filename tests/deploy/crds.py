@@ -1,8 +1,9 @@
-"""Structural schemas for the Prometheus Operator kinds in deploy/prometheus (not in the core Kubernetes schemas).
+"""Structural schemas for the custom kinds under deploy/ (not in the core Kubernetes schemas).
 
-Written from the Operator's CRDs (monitoring.coreos.com/v1 PodMonitor and PrometheusRule): the required
-fields, the types and duration patterns of the fields these manifests use, and no unknown field.
-Stricter than the CRDs themselves (which accept more fields), never looser on the fields used here.
+Written from the CRDs of the Prometheus Operator (monitoring.coreos.com/v1 PodMonitor and PrometheusRule,
+in deploy/prometheus) and of cert-manager (cert-manager.io/v1 Issuer and Certificate, in deploy/webhook):
+the required fields, the types, enums and duration patterns of the fields these manifests use, and no
+unknown field. Stricter than the CRDs themselves (which accept more fields), never looser on the fields used here.
 """
 
 from __future__ import annotations
@@ -109,5 +110,71 @@ PROMETHEUS_RULE: dict[str, Any] = {
     },
     "additionalProperties": False,
 }
+# cert-manager's durations are Go durations (time.ParseDuration): 2160h, 90m, 1h30m.
+GO_DURATION = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"}
+NAMESPACED_METADATA = {**METADATA, "required": ["name", "namespace"]}
+ISSUER: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Issuer"},
+        "metadata": NAMESPACED_METADATA,
+        "spec": {
+            "type": "object",
+            "properties": {
+                "selfSigned": {"type": "object", "additionalProperties": False, "properties": {
+                    "crlDistributionPoints": {"type": "array", "items": {"type": "string"}}}},
+                "ca": {"type": "object", "required": ["secretName"], "additionalProperties": False, "properties": {
+                    "secretName": {"type": "string", "minLength": 1},
+                    "crlDistributionPoints": {"type": "array", "items": {"type": "string"}},
+                    "ocspServers": {"type": "array", "items": {"type": "string"}}}},
+            },
+            "oneOf": [{"required": ["selfSigned"]}, {"required": ["ca"]}],
+            "additionalProperties": False,
+        },
+    },
+    "additionalProperties": False,
+}
+USAGES = ["signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+          "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any", "server auth",
+          "client auth", "code signing", "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user",
+          "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"]
+CERTIFICATE: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": NAMESPACED_METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["secretName", "issuerRef"],
+            "properties": {
+                "secretName": {"type": "string", "minLength": 1},
+                "commonName": {"type": "string"},
+                "dnsNames": {"type": "array", "items": DNS_NAME},
+                "ipAddresses": {"type": "array", "items": {"type": "string"}},
+                "duration": GO_DURATION, "renewBefore": GO_DURATION,
+                "isCA": {"type": "boolean"},
+                "usages": {"type": "array", "items": {"enum": USAGES}},
+                "privateKey": {"type": "object", "additionalProperties": False, "properties": {
+                    "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]}, "size": {"type": "integer"},
+                    "encoding": {"enum": ["PKCS1", "PKCS8"]}, "rotationPolicy": {"enum": ["Never", "Always"]}}},
+                "issuerRef": {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+                    "name": {"type": "string", "minLength": 1}, "kind": {"type": "string"},
+                    "group": {"type": "string"}}},
+                "secretTemplate": {"type": "object", "additionalProperties": False, "properties": {
+                    "annotations": STRING_MAP, "labels": STRING_MAP}},
+                "revisionHistoryLimit": {"type": "integer", "minimum": 1},
+            },
+            "anyOf": [{"required": ["dnsNames"]}, {"required": ["ipAddresses"]}, {"required": ["commonName"]}],
+            "additionalProperties": False,
+        },
+    },
+    "additionalProperties": False,
+}
 SCHEMAS = {("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
-           ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE}
+           ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
+           ("cert-manager.io/v1", "Issuer"): ISSUER,
+           ("cert-manager.io/v1", "Certificate"): CERTIFICATE}

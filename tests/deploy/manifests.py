@@ -21,6 +21,7 @@ DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 PROMETHEUS = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
+WEBHOOK = DEPLOY / "webhook"  # the admission webhook's own manifests: no agent inside
 AGENT = "sidecar-agent"  # the agent's container name in every manifest
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 MARGIN = 5.0  # seconds of terminationGracePeriodSeconds beyond the agent's shutdown budget
@@ -158,8 +159,11 @@ class Workload:
 
 
 def workloads() -> list[Workload]:
+    """The example workloads that run the agent (deploy/kubernetes)."""
     found = []
     for path in manifest_files():
+        if path.parent != KUBERNETES:
+            continue
         docs = documents(path)
         for doc in docs:
             if doc.get("kind") in WORKLOAD_KINDS:

@@ -1,0 +1,115 @@
+"""The webhook as a process: bad flags exit 2 with a message naming the flag, never a traceback; SIGTERM
+lets the review in flight finish, then the process stops cleanly with exit code 0."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.webhook.conftest import TlsPair
+from tests.webhook.mutation import SLOW
+from tests.webhook.reviews import client_context, pod, review
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def webhook_command(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", "webhook", *args], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    ([], "--tls-cert"),
+    (["--tls-cert", "{cert}"], "--tls-key"),
+    (["--tls-cert", "{cert}", "--tls-key", "{key}", "--kubernetes-version", "1"], "--kubernetes-version"),
+    (["--tls-cert", "{cert}", "--tls-key", "{key}", "--kubernetes-version", "one.thirty"], "--kubernetes-version"),
+    (["--tls-cert", "{cert}", "--tls-key", "{key}", "--listen", "localhost"], "--listen"),
+    (["--tls-cert", "{cert}", "--tls-key", "{key}", "--listen", ":70000"], "--listen"),
+    (["--tls-cert", "{cert}", "--tls-key", "{key}", "--image", " "], "--image"),
+    (["--tls-cert", "/nonexistent/tls.crt", "--tls-key", "{key}"], "--tls-cert"),
+    (["--tls-cert", "{cert}", "--tls-key", "{other_key}"], "--tls-key"),
+    (["--tls-cert", "{key}", "--tls-key", "{key}"], "--tls-cert"),
+], ids=["no-cert", "no-key", "version-one-number", "version-words", "listen-no-port", "listen-port-range", "empty-image",
+        "missing-cert", "mismatched-key", "key-as-cert"])
+def test_bad_flags_exit_2_naming_the_flag(flags: list[str], named: str, tls: TlsPair,
+                                          pairs: dict[str, TlsPair]) -> None:
+    values = {"cert": str(tls.cert), "key": str(tls.key), "other_key": str(pairs["second"].key)}
+    done = webhook_command(*(flag.format(**values) for flag in flags))
+    assert done.returncode == 2, done.stderr
+    assert named in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def lines_of(process: subprocess.Popen[str]) -> tuple[queue.Queue[str], threading.Thread]:
+    """The process's stdout lines, read by a thread (which ends with the process) so that a test waits with a deadline."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put("")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return lines, reader
+
+
+def wait_for_line(lines: queue.Queue[str], text: str, seen: list[str]) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        seen.append(line)
+        if text in line:
+            return line
+        if line == "":
+            break
+    raise AssertionError(f"no line with {text!r} in:\n{''.join(seen)}")
+
+
+def test_sigterm_lets_the_review_in_flight_finish_then_exits_0(tls: TlsPair, tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-m", "tests.webhook.serve", str(tls.cert), str(tls.key)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    lines, reader = lines_of(process)
+    try:
+        started = json.loads(wait_for_line(lines, "webhook serving on", seen))
+        url = f"https://{started['listen']}/inject"
+        marker = tmp_path / "in-flight"
+        answers: list[Any] = []
+
+        def post() -> None:
+            body = json.dumps(review(pod(annotations={SLOW: f"2:{marker}"}))).encode()
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, context=client_context(tls.cert), timeout=60) as answer:
+                answers.append((answer.status, json.loads(answer.read())))
+
+        client = threading.Thread(target=post)
+        client.start()
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline and client.is_alive():
+            time.sleep(0.02)
+        assert marker.exists(), "the review never reached the mutation"
+        process.send_signal(signal.SIGTERM)
+        client.join(60)
+        assert answers and answers[0][0] == 200 and answers[0][1]["response"]["allowed"] is True
+        assert process.wait(60) == 0
+        wait_for_line(lines, "received SIGTERM, stopping the webhook", seen)
+        wait_for_line(lines, "webhook stopped", seen)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        reader.join(10)
+        assert process.stdout is not None
+        process.stdout.close()
