@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -157,12 +156,28 @@ SHUTDOWN = Section([
     optional("drain_connections", DRAIN_CONNECTIONS),
     Field("grace_period", Duration(positive=True), 30.0, "the pod's terminationGracePeriodSeconds"),
 ], ShutdownConfig)
+class CheckTypeName(Enum):
+    """A check type's name: the installed plug-ins are looked up only for a name that is not built in."""
+
+    def __init__(self) -> None:
+        self.ignore_case = False
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]  # read-only: the names are read when needed
+        return tuple(checks.type_names())
+
+    def parse(self, value: Any, path: str, problems: Problems) -> Any:
+        if isinstance(value, str) and checks.is_known(value):
+            return value
+        return super().parse(value, path, problems)
+
+
 AGENT = Section([
     Field("max_loop_lag", Duration(positive=True), 2.0, "/agent/livez fails when the event loop lags more than this"),
     Field("max_concurrent_exec", Number(integer=True, minimum=1, maximum=256), 8, "exec checks running at once"),
 ], AgentLimits)
 COMMON = (
-    Field("type", Enum(checks.type_names())),
+    Field("type", CheckTypeName()),
     Field("probes", ListOf(Enum(PROBES), unique=True),
           ("readiness",), "which probes this check feeds; [] feeds only metrics and /status"),
     Field("interval", Duration(positive=True), 10.0),
@@ -344,7 +359,9 @@ def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSp
     if type_name is None:
         problems.add(join(path, "type"), f"required key is missing (one of {', '.join(checks.type_names())})")
         return None
-    if type_name not in checks.type_names():
+    if not isinstance(type_name, str) or not checks.is_known(type_name):
+        import difflib  # only for a mistake: it costs memory otherwise
+
         close = difflib.get_close_matches(str(type_name), checks.type_names(), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known types: {', '.join(checks.type_names())}"
         problems.add(join(path, "type"), f"unknown check type {describe(type_name)}{hint}")
