@@ -55,7 +55,6 @@ from bench_probes import (  # noqa: E402
     SERVING_AGENT,
     SERVING_BARE,
     Child,
-    agent_command,
     bare_command,
     code_state,
     http_get,
@@ -261,6 +260,12 @@ class Floor(Child):
         while self.text().count("runs ") == before and time.monotonic() < deadline:
             time.sleep(0.01)
         return int(self.text().rsplit("runs ", 1)[1].split()[0])
+
+
+def agent_command(port: int, config: str | None = None) -> list[str]:
+    """`python -m agent run`: from this tree, or with --agent-root from another (-P: not from the working folder)."""
+    command = [sys.executable, *(["-P"] if os.environ.get("BENCH_AGENT_ROOT") else []), "-m", "agent", "run"]
+    return [*command, *(["--config", config] if config else []), "--listen", f"{HOST}:{port}"]
 
 
 def agent(name: str, config: str, folder: str) -> Child:
@@ -506,16 +511,19 @@ def part_pod(folder: str, seconds: float, targets: Targets) -> None:
     marker = f"bench-cost-app-{os.getpid()}"
     app_port = targets.ports["http"]
     app = subprocess.Popen([sys.executable, "-c", f"import signal; signal.pause()  # {marker}"])
+    dependencies = (f"  web: {{type: http, url: 'http://{HOST}:{app_port}/', probes: [liveness, readiness]}}\n"
+                    f"  port: {{type: tcp, address: '{HOST}:{app_port}'}}\n"
+                    f"  cache: {{type: redis, url: '{REDIS_URL}'}}\n"
+                    f"  db: {{type: postgres, dsn: '{POSTGRES_DSN}'}}\n")
     config = (f"log: {{level: info}}\napp: {{match: {{cmdline: '{marker}'}}}}\nchecks:\n"
-              "  app: {type: process, probes: [liveness]}\n"
-              f"  web: {{type: http, url: 'http://{HOST}:{app_port}/', probes: [liveness, readiness]}}\n"
-              f"  port: {{type: tcp, address: '{HOST}:{app_port}'}}\n"
-              f"  cache: {{type: redis, url: '{REDIS_URL}'}}\n"
-              f"  db: {{type: postgres, dsn: '{POSTGRES_DSN}'}}\n")
+              "  app: {type: process, probes: [liveness]}\n" + dependencies)
     a = agent("agent-pod", config, folder)
+    # Beside it, the same four checks alone (no app to watch, nobody asking): what the checks cost by themselves.
+    b = agent("agent-pod-checks", "log: {level: info}\nchecks:\n" + dependencies, folder)
     log(f"pod: a typical pod for {seconds:g} s")
     try:
         a.start()
+        b.start()
         time.sleep(3.0)
         pid = a.pid
         stop = threading.Event()
@@ -533,7 +541,7 @@ def part_pod(folder: str, seconds: float, targets: Targets) -> None:
         threads = [threading.Thread(target=kubelet, daemon=True), threading.Thread(target=scraper, daemon=True)]
         for t in threads:
             t.start()
-        w = window({"agent": pid}, seconds)
+        w = window({"agent": pid, "checks": b.pid}, seconds)
         stop.set()
         for t in threads:
             t.join(5)
@@ -548,7 +556,7 @@ def part_pod(folder: str, seconds: float, targets: Targets) -> None:
         scrape_ms = (cpu_ns(pid) - base) / 1e6 / 20
         state = states(a)
     finally:
-        stop_all([a])
+        stop_all([a, b])
         app.kill()
         app.wait(5)
     share = w.cpu["agent"] / w.seconds * 100
@@ -561,8 +569,11 @@ def part_pod(folder: str, seconds: float, targets: Targets) -> None:
     out("| --- | ---: | ---: | ---: |")
     out(f"| probe on a new connection | 0.3/s | {probe_ms:.3f} ms | {probe_ms * 0.3 / 10:.4f} % |")
     out(f"| scrape of /metrics | 0.067/s | {scrape_ms:.3f} ms | {scrape_ms / 15 / 10:.4f} % |")
-    out("| 5 checks at 10 s (process, http, tcp, redis, postgres) and the app watcher at 1 s | | "
-        "the rest | " + f"{share - probe_ms * 0.3 / 10 - scrape_ms / 15 / 10:.4f} % |")
+    checks = w.cpu["checks"] / w.seconds * 100
+    out(f"| http, tcp, redis and postgres checks at 10 s (an agent with only them, same window) | 0.4 runs/s | "
+        f"{w.cpu['checks'] * 1e3 / max(w.seconds * 0.4, 1):.3f} ms a run | {checks:.4f} % |")
+    out("| the app watcher (a process lookup every 1 s) and the process check: the rest | 1/s | | "
+        f"{share - checks - probe_ms * 0.3 / 10 - scrape_ms / 15 / 10:.4f} % |")
     out()
 
 
@@ -627,11 +638,16 @@ def main() -> int:
     parser.add_argument("--part", action="append", choices=PARTS, help="run only this part (repeatable)")
     parser.add_argument("--kind", action="append", choices=KINDS, help="with the runs part: only this type")
     parser.add_argument("--short", action="store_true", help="shorter windows (about 3 minutes in all)")
+    parser.add_argument("--agent-root", help="run the agent package found in this folder (another version, such "
+                        "as `git archive REV agent | tar -x -C DIR`) rather than this tree's")
     args = parser.parse_args()
+    if args.agent_root:
+        os.environ["PYTHONPATH"] = os.environ["BENCH_AGENT_ROOT"] = os.path.abspath(args.agent_root)
     parts = args.part or list(PARTS)
     runs_s, idle_s, scale_s, pod_s, starts = (8, 15, 8, 20, 3) if args.short else (20, 60, 20, 60, 10)
     began, busy = time.monotonic(), psutil.cpu_percent(interval=1.0)
-    out(f"Cost benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}; code {code_state()}; {os.cpu_count()} CPUs, "
+    code = f"the agent from {args.agent_root}" if args.agent_root else f"code {code_state()}"
+    out(f"Cost benchmark, {time.strftime('%Y-%m-%d %H:%M %Z')}; {code}; {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; machine {busy:.0f}% busy just before the run"
         f"{' (short mode)' if args.short else ''}; `{' '.join(['bench/bench_cost.py', *sys.argv[1:]])}`.")
     out()
