@@ -139,14 +139,14 @@ class Engine:
         else:  # taking over from a poller whose run was left behind: keep its schedule
             await asyncio.sleep(max(0.0, next_at - self.clock()))
         while True:
-            result = await self.run_once(spec, check)
+            result = await self.run_once(spec, check, me)
             if self.pollers.get(spec.name) is not me:
                 return  # this run outlived its timeout and was left behind; another poller took over
             self._record(spec, result)
             next_at = _next_run(next_at, self.clock(), spec.interval)
             await asyncio.sleep(next_at - self.clock())
 
-    async def run_once(self, spec: CheckSpec, check: Check) -> Result:
+    async def run_once(self, spec: CheckSpec, check: Check, task: asyncio.Task[Any] | None = None) -> Result:
         """Run a check once, bounded by its timeout; never raises (but for cancellation).
 
         The run goes on in the calling task, with one timer for its deadline: at the deadline the task is
@@ -156,7 +156,7 @@ class Engine:
         start, wall = self.clock(), time.time()
         if spec.name in self.stuck:
             return self._result(Outcome.TIMEOUT, "the previous run is still stuck after its timeout", start, wall)
-        task = asyncio.current_task()
+        task = task or asyncio.current_task()  # the caller's own task (the poller passes itself)
         assert task is not None
         deadline = _Deadline(self, spec, task, start)
         error: BaseException | None = None
