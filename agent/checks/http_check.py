@@ -15,6 +15,7 @@ import aiohttp
 
 from agent import __version__
 from agent.checks import CheckContext, CheckFailure, CheckType
+from agent.checks.tcp_check import connect
 from agent.fields import Bool, Enum, Field, Regex, StatusRange, StrMap, Url, optional, redact_url
 from agent.units import is_loopback_host
 
@@ -74,9 +75,8 @@ class HttpCheck:
         loop = asyncio.get_running_loop()
         sock = socket.socket(direct.family, socket.SOCK_STREAM)
         try:
-            sock.setblocking(False)
             try:
-                await loop.sock_connect(sock, direct.address)
+                await connect(loop, sock, direct.address)
             except ConnectionRefusedError:
                 raise CheckFailure(f"connection refused by {direct.where}") from None
             except OSError as exc:

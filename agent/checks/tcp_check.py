@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +37,7 @@ class TcpCheck:
             # A bare non-blocking socket, closed once connected: no transport or stream pair to build and tear down.
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                sock.setblocking(False)
-                await loop.sock_connect(sock, address)
+                await connect(loop, sock, address)
             except OSError as exc:
                 last = exc
                 continue
@@ -66,6 +67,28 @@ class TcpCheck:
     async def close(self) -> None:
         if self._lookup is not None and not self._lookup.done():
             self._lookup.cancel()
+
+
+async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: Any) -> None:
+    """Connect `sock` (made non-blocking here) to a resolved `address`, waiting for it on the loop: what
+    loop.sock_connect does, without its lookup of an address that is already one, nor its future's callbacks."""
+    sock.setblocking(False)
+    error = sock.connect_ex(address)
+    if error in (errno.EINPROGRESS, errno.EAGAIN):
+        writable = loop.create_future()
+        loop.add_writer(sock, _set_done, writable)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(sock)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _numeric(host: str, port: int) -> list[tuple[int, Any]]:
