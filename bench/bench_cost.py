@@ -1,6 +1,6 @@
 """Benchmark of what the agent costs a fleet (issue 12): CPU per check run, idle CPU, 1,000 checks, a pod, memory.
 
-Run as `.venv/bin/python bench/bench_cost.py` from the repository root (about 9 minutes; `--short` about 3;
+Run as `.venv/bin/python bench/bench_cost.py` from the repository root (about 8 minutes; `--short` about 4;
 `--part NAME` runs one part). Every figure is a ratio against a floor measured in the same run, side by side,
 because the machine is shared: the agent and a floor program (bench/floor_loop.py: a minimal asyncio loop doing
 the same work on the same schedule) run at the same time against the same helpers, and the CPU each used over
@@ -637,7 +637,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--part", action="append", choices=PARTS, help="run only this part (repeatable)")
     parser.add_argument("--kind", action="append", choices=KINDS, help="with the runs part: only this type")
-    parser.add_argument("--short", action="store_true", help="shorter windows (about 3 minutes in all)")
+    parser.add_argument("--short", action="store_true", help="shorter windows (about 4 minutes in all)")
     parser.add_argument("--agent-root", help="run the agent package found in this folder (another version, such "
                         "as `git archive REV agent | tar -x -C DIR`) rather than this tree's")
     args = parser.parse_args()
