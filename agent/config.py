@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -128,6 +127,8 @@ class CheckTypeName(Kind):
     """The `type` of a check: a name the registry knows, asked when first needed (not at import)."""
 
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
+        if isinstance(value, str) and checks.is_known(value):  # a built-in name needs no look at the plug-ins
+            return value
         return Enum(checks.type_names()).parse(value, path, problems)
 
     def schema(self) -> dict[str, Any]:
@@ -305,7 +306,9 @@ def _parse_check(name: str, body: Any, path: str, problems: Problems) -> CheckSp
     if type_name is None:
         problems.add(join(path, "type"), f"required key is missing (one of {', '.join(checks.type_names())})")
         return None
-    if type_name not in checks.type_names():
+    if not isinstance(type_name, str) or not checks.is_known(type_name):
+        import difflib  # only for a mistake: it costs memory otherwise
+
         close = difflib.get_close_matches(str(type_name), checks.type_names(), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known types: {', '.join(checks.type_names())}"
         problems.add(join(path, "type"), f"unknown check type {describe(type_name)}{hint}")

@@ -104,8 +104,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - closing must go on for the others
             event(log, logging.WARNING, f"closing a check failed: {type(exc).__name__}")
 
-    def _spawn(self, spec: CheckSpec[object]) -> None:
-        task = asyncio.create_task(self._poll(spec), name=f"check:{spec.name}")
+    def _spawn(self, spec: CheckSpec[object], resume_at: float | None = None) -> None:
+        task = asyncio.create_task(self._poll(spec, resume_at), name=f"check:{spec.name}")
         self.pollers[spec.name] = task
         task.add_done_callback(lambda done: self._poller_ended(spec, done))
 
@@ -128,61 +128,80 @@ class Engine:
         handle = asyncio.get_running_loop().call_later(RESTART_DELAY, restart)
         self._restarts.add(handle)
 
-    async def _poll(self, spec: CheckSpec[object]) -> None:
-        check = self.checks[spec.name]
-        # The first run comes soon (a small random offset), so the first answers are right quickly; the
-        # second comes at a random phase of the interval, so that many checks with one interval spread out
-        # over it instead of firing together and stalling the probes behind a burst of runs.
-        await asyncio.sleep(spec.initial_delay + random.uniform(0, min(spec.interval * 0.1, 0.25)))
-        next_at = self.clock() - spec.interval * random.uniform(0.0, 0.5)
+    async def _poll(self, spec: CheckSpec[object], next_at: float | None = None) -> None:
+        check, me = self.checks[spec.name], asyncio.current_task()
+        if next_at is None:
+            # The first run comes soon (a small random offset), so the first answers are right quickly; the
+            # second comes at a random phase of the interval, so that many checks with one interval spread out
+            # over it instead of firing together and stalling the probes behind a burst of runs.
+            await asyncio.sleep(spec.initial_delay + random.uniform(0, min(spec.interval * 0.1, 0.25)))
+            next_at = self.clock() - spec.interval * random.uniform(0.0, 0.5)
+        else:  # taking over from a poller whose run was left behind: keep its schedule
+            await asyncio.sleep(max(0.0, next_at - self.clock()))
         while True:
-            result = await self.run_once(spec, check)
+            result = await self.run_once(spec, check, me)
+            if self.pollers.get(spec.name) is not me:
+                return  # this run outlived its timeout and was left behind; another poller took over
             self._record(spec, result)
-            next_at += spec.interval
-            now = self.clock()
-            if next_at < now:  # a slow run: skip the missed ticks rather than bunch up
-                next_at = now + spec.interval - (now - next_at) % spec.interval
-            await asyncio.sleep(next_at - now)
+            next_at = _next_run(next_at, self.clock(), spec.interval)
+            await asyncio.sleep(next_at - self.clock())
 
-    async def run_once(self, spec: CheckSpec[object], check: Check) -> Result:
-        """Run a check once, bounded by its timeout; never raises (but for cancellation)."""
+    async def run_once(self, spec: CheckSpec[object], check: Check, task: asyncio.Task[Any] | None = None) -> Result:
+        """Run a check once, bounded by its timeout; never raises (but for cancellation).
+
+        The run goes on in the calling task, with one timer for its deadline: at the deadline the task is
+        cancelled, and a run that has not ended CANCEL_GRACE later is left behind (kept in `stuck`, owned
+        and awaited at close) while a new poller takes over the check's schedule.
+        """
         start, wall = self.clock(), time.time()
         if spec.name in self.stuck:
             return self._result(Outcome.TIMEOUT, "the previous run is still stuck after its timeout", start, wall)
-        task = asyncio.create_task(check.run(), name=f"run:{spec.name}")
+        task = task or asyncio.current_task()  # the caller's own task (the poller passes itself)
+        assert task is not None
+        deadline = _Deadline(self, spec, task, start)
+        error: BaseException | None = None
         try:
-            done, _ = await asyncio.wait({task}, timeout=spec.timeout)
-        except asyncio.CancelledError:
-            task.cancel()
-            self._leave_behind(spec.name, task)
-            raise
-        if not done:
-            task.cancel()
-            finished, _ = await asyncio.wait({task}, timeout=CANCEL_GRACE)
-            if not finished:
-                self._leave_behind(spec.name, task)
-            else:
-                _consume(task)
+            message = await check.run()
+        except asyncio.CancelledError as exc:
+            if task.cancelling() > deadline.fired:  # cancelled from outside too: close, reload
+                deadline.cancel()
+                raise
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a result
+            error = exc
+        deadline.cancel()
+        if deadline.fired:
+            task.uncancel()  # the cancellation was the deadline's own, and it is handled here
             return self._result(Outcome.TIMEOUT, f"timed out after {format_duration(spec.timeout)}", start, wall)
-        exc = task.exception() if not task.cancelled() else asyncio.CancelledError()
-        if exc is None:
-            return self._result(Outcome.SUCCESS, task.result(), start, wall)
-        if isinstance(exc, CheckTimeout):
-            return self._result(Outcome.TIMEOUT, str(exc), start, wall)
-        if isinstance(exc, CheckFailure):
-            return self._result(Outcome.FAILURE, str(exc), start, wall)
-        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-            return self._result(Outcome.TIMEOUT, f"timed out: {exc}" if str(exc) else "timed out", start, wall)
-        log.debug("check %s raised", spec.name, exc_info=exc)
-        return self._result(Outcome.ERROR, f"{type(exc).__name__}: {exc}", start, wall)
+        if error is None:
+            return self._result(Outcome.SUCCESS, message, start, wall)
+        if isinstance(error, CheckTimeout):
+            return self._result(Outcome.TIMEOUT, str(error), start, wall)
+        if isinstance(error, CheckFailure):
+            return self._result(Outcome.FAILURE, str(error), start, wall)
+        if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+            return self._result(Outcome.TIMEOUT, f"timed out: {error}" if str(error) else "timed out", start, wall)
+        log.debug("check %s raised", spec.name, exc_info=error)
+        return self._result(Outcome.ERROR, f"{type(error).__name__}: {error}", start, wall)
 
-    def _leave_behind(self, name: str, task: asyncio.Task[str]) -> None:
+    def _abandon(self, spec: CheckSpec[object], task: asyncio.Task[Any], start: float) -> None:
+        """A run ignored its cancellation past the grace period: leave it behind, report the timeout and let a
+        new poller go on with the schedule (it reports the stuck run until that ends)."""
+        if self._closed or self.pollers.get(spec.name) is not task:
+            return
+        self._leave_behind(spec.name, task)
+        self._record(spec, self._result(Outcome.TIMEOUT, f"timed out after {format_duration(spec.timeout)}",
+                                        start, time.time()))
+        self._spawn(spec, resume_at=_next_run(start, self.clock(), spec.interval))
+
+    def _leave_behind(self, name: str, task: asyncio.Task[Any]) -> None:
         """Keep a run that ignores cancellation owned, so close() can still await it."""
         self.stuck[name] = task
 
-        def finished(done: asyncio.Task[str]) -> None:
+        def finished(done: asyncio.Task[Any]) -> None:
             _consume(done)
-            self.stuck.pop(name, None)
+            if self.stuck.get(name) is done:
+                del self.stuck[name]
 
         task.add_done_callback(finished)
 
@@ -190,7 +209,8 @@ class Engine:
         # Scrubbed as shown (on one line) and before the cut, which could leave a secret unrecognisable; the cut
         # keeps the start (what failed) and the end (a command's last words).
         message = one_line(self.scrub(one_line(str(message))), MAX_MESSAGE, tail=MAX_MESSAGE - MAX_MESSAGE // 4 - 5)
-        return Result(outcome, message, max(0.0, self.clock() - start), self.clock(), wall)
+        now = self.clock()
+        return Result(outcome, message, max(0.0, now - start), now, wall)
 
     def _record(self, spec: CheckSpec[object], result: Result) -> None:
         flipped = self.health.record(spec.name, result)
@@ -211,7 +231,36 @@ class Engine:
             callback()
 
 
-def _consume(task: asyncio.Task[str]) -> None:
+class _Deadline:
+    """One run's timeout: a timer that cancels the run's task, then one that leaves it behind if it lingers."""
+
+    __slots__ = ("engine", "fired", "handle", "spec", "start", "task")
+
+    def __init__(self, engine: Engine, spec: CheckSpec[object], task: asyncio.Task[Any], start: float) -> None:
+        self.engine, self.spec, self.task, self.start, self.fired = engine, spec, task, start, 0
+        self.handle = asyncio.get_running_loop().call_later(spec.timeout, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = 1
+        self.task.cancel()
+        self.handle = asyncio.get_running_loop().call_later(CANCEL_GRACE, self._linger)
+
+    def _linger(self) -> None:
+        self.engine._abandon(self.spec, self.task, self.start)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+def _next_run(previous: float, now: float, interval: float) -> float:
+    """The run after `previous`; when a slow run made it late, skip the missed ticks rather than bunch up."""
+    next_at = previous + interval
+    if next_at < now:
+        next_at = now + interval - (now - next_at) % interval
+    return next_at
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
     """Retrieve a finished task's outcome so asyncio does not warn that it was never retrieved."""
     if not task.cancelled():
         task.exception()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import reprlib
 import signal
@@ -452,6 +451,8 @@ def parse_mapping(value: Any, fields: Sequence[Field], path: str, problems: Prob
             continue
         ok = False
         names = [*known, *extra_ok]
+        import difflib  # only for a mistake: it costs memory otherwise
+
         close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
         hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(names))}"
         problems.add(join(path, str(key)), f"unknown key{hint}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -116,6 +117,13 @@ class StateCollector:
         yield _family("sidecar_app_open_fds", sample.fds)
 
 
+@dataclass(frozen=True)
+class _CheckChildren:
+    duration: Any
+    transitions: Any
+    runs: dict[Outcome, Any]
+
+
 class Metrics:
     """The agent's own registry and the instruments the engine and server update."""
 
@@ -137,6 +145,7 @@ class Metrics:
         self.reload_failures = _counter("sidecar_config_reload_failures_total", r)
         for outcome in SHUTDOWN_OUTCOMES:
             self.shutdowns.labels(outcome)
+        self._children: dict[str, _CheckChildren] = {}
         self._init_children(health.specs)
         self._probe_children: dict[tuple[str, int], Counter] = {(p, code): self.probe_requests.labels(p, str(code))
                                 for p in Probe for code in (200, 503)}
@@ -144,10 +153,15 @@ class Metrics:
         ProcessCollector(registry=r)
 
     def observe(self, spec: CheckSpec[object], result: Result, flipped: bool) -> None:
-        self.check_duration.labels(spec.name).observe(result.duration)
-        self.check_runs.labels(spec.name, result.outcome.value).inc()
+        children = self._children.get(spec.name)
+        if children is None:  # the labelled children, looked up once per check rather than at every run
+            children = self._children[spec.name] = _CheckChildren(
+                self.check_duration.labels(spec.name), self.check_transitions.labels(spec.name),
+                {o: self.check_runs.labels(spec.name, o.value) for o in Outcome})
+        children.duration.observe(result.duration)
+        children.runs[result.outcome].inc()
         if flipped:
-            self.check_transitions.labels(spec.name).inc()
+            children.transitions.inc()
 
     def _init_children(self, specs: Sequence[CheckSpec[object]]) -> None:
         """Create every labelled series up front, so that they read 0 rather than being absent."""
@@ -161,6 +175,7 @@ class Metrics:
     def apply(self, specs: Sequence[CheckSpec[object]], gone: Sequence[str]) -> None:
         """After a reload: drop the series of removed checks, create those of new ones."""
         for name in gone:
+            self._children.pop(name, None)
             for family in (self.check_duration, self.check_transitions, self.poller_restarts):
                 with contextlib.suppress(KeyError):
                     family.remove(name)

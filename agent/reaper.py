@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -25,6 +23,8 @@ def become_subreaper() -> bool:
     """Adopt orphaned descendants (so they can be reaped) when not PID 1; True on success."""
     if os.getpid() == 1:
         return True
+    import ctypes.util  # only in exec mode: ctypes costs the run mode memory for nothing
+
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
         return False

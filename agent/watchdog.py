@@ -1,50 +1,117 @@
-"""The agent's own watchdog: how late its event loop wakes up, kept as a gauge and checked by /agent/livez."""
+"""The agent's own watchdog: how late its event loop wakes up, kept as a gauge and checked by /agent/livez.
+
+The loop measures itself rather than waking to be measured: the selector it waits in (`WatchedSelector`,
+installed by `new_event_loop`) notes, at every wait, how long the loop ran callbacks since the last one (a
+blocking call holds it that long) and how much later than asked the last wait returned (a paused or starved
+process). An idle agent thus sleeps until there is something to do. On a loop without that selector the
+watchdog falls back to a timer that ticks every TICK.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import selectors
 import time
+import weakref
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-TICK = 0.25
-WINDOW = 8  # ticks: the lag reported is the worst of the last two seconds
+TICK = 0.25  # the fallback timer's period
+SLOT, SLOTS = 0.5, 4  # the lag reported is the worst of the current half second and the four before: about 2 s
 
 
 class GaugeLike(Protocol):
-    def set(self, value: float) -> None: ...
+    def set_function(self, f: Callable[[], float]) -> None: ...
+
+
+class WatchedSelector(selectors.DefaultSelector):  # DefaultSelector: the platform's best (epoll on Linux)
+    """The platform's selector, reporting each iteration's lag to `on_lag` as the loop waits."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.clock = clock
+        self.on_lag: Callable[[float, float], None] | None = None  # (lag, now)
+        self.returned = clock()  # when the last wait ended: the loop has been running callbacks since
+        self.waiting = False
+        self.wakeups = 0
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        start = self.clock()
+        busy = start - self.returned
+        self.waiting = True
+        try:
+            ready: list[tuple[selectors.SelectorKey, int]] = super().select(timeout)
+        finally:
+            self.waiting = False
+            self.returned = end = self.clock()
+        self.wakeups += 1
+        late = end - start - timeout if timeout else 0.0
+        if self.on_lag is not None:
+            self.on_lag(busy if busy > late else late, end)
+        return ready
+
+    def running_for(self, now: float) -> float:
+        """How long the current iteration has been running callbacks (0 while the loop waits)."""
+        return 0.0 if self.waiting else max(0.0, now - self.returned)
+
+
+_selectors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WatchedSelector] = weakref.WeakKeyDictionary()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """An event loop whose selector measures its lag (see the module's docstring)."""
+    selector = WatchedSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+    _selectors[loop] = selector
+    return loop
 
 
 class Watchdog:
-    """Sleeps a fixed tick and measures how much later than asked the loop woke it."""
+    """Keeps the worst recent lag of the running loop; the gauge reads it at scrape time."""
 
     def __init__(self, gauge: GaugeLike, clock: Callable[[], float] = time.monotonic) -> None:
-        self.gauge, self.clock = gauge, clock
-        self.recent: collections.deque[float] = collections.deque(maxlen=WINDOW)
+        self.clock = clock
+        self.recent: collections.deque[list[Any]] = collections.deque(maxlen=SLOTS + 1)  # [slot index, worst lag]
         self.task: asyncio.Task[None] | None = None
-        self._due: float | None = None  # when the current tick should end
+        self.selector: WatchedSelector | None = None
+        self._due: float | None = None  # the fallback timer: when the current tick should end
+        gauge.set_function(lambda: self.lag)
 
     @property
     def lag(self) -> float:
-        """The worst lag of the last few ticks, or how long the current tick is already overdue."""
-        worst = max(self.recent, default=0.0)
-        return max(worst, self._overdue())
+        """The worst lag of the last two seconds or so, or how long the current iteration already runs."""
+        now = self.clock()
+        first = int(now / SLOT) - SLOTS
+        worst = max((lag for index, lag in self.recent if index >= first), default=0.0)
+        return max(worst, self._ongoing(now))
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name="watchdog")
+        self.selector = _selectors.get(asyncio.get_running_loop())
+        if self.selector is not None:
+            self.selector.on_lag = self.observe
+        else:
+            self.task = asyncio.create_task(self._run(), name="watchdog")
 
     async def close(self) -> None:
+        if self.selector is not None:
+            self.selector.on_lag = None
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
 
-    def observe(self, lag: float) -> None:
-        self.recent.append(max(0.0, lag))
-        self.gauge.set(self.lag)
+    def observe(self, lag: float, now: float | None = None) -> None:
+        index = int((self.clock() if now is None else now) / SLOT)
+        if self.recent and self.recent[-1][0] == index:
+            if lag > self.recent[-1][1]:
+                self.recent[-1][1] = lag
+        else:
+            self.recent.append([index, max(0.0, lag)])
 
-    def _overdue(self) -> float:
-        return 0.0 if self._due is None else max(0.0, self.clock() - self._due)
+    def _ongoing(self, now: float) -> float:
+        if self.selector is not None:
+            return self.selector.running_for(now)
+        return 0.0 if self._due is None else max(0.0, now - self._due)
 
     async def _run(self) -> None:
         while True:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import importlib.util
 import re
+from typing import TYPE_CHECKING
 
 from agent.checkapi import (
     AppView,
@@ -24,8 +24,11 @@ from agent.checkapi import (
     ProcessSample,
 )
 
+if TYPE_CHECKING:
+    import importlib.metadata
+
 __all__ = ["AppView", "Check", "CheckContext", "CheckFailure", "CheckSpec", "CheckTimeout", "CheckType", "ChildReaper",
-           "PluginError", "ProcessSample", "load_type", "missing_requirement", "type_names"]
+           "PluginError", "ProcessSample", "is_known", "load_type", "missing_requirement", "type_names"]
 
 ENTRY_POINT_GROUP = "sidecar_agent.checks"
 DISTRIBUTION = "sidecar-agent"
@@ -60,6 +63,8 @@ def _registry() -> dict[str, str]:
     Raises PluginError when a plug-in takes a built-in type's name, or two distributions register one name.
     (Not cached then: functools.cache keeps only results, so every use reports it again.)
     """
+    import importlib.metadata  # here, not above: reading it costs about 1 MiB that an agent of built-in types never needs
+
     found = dict(BUILTIN)
     plugins: dict[str, importlib.metadata.EntryPoint] = {}
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -82,12 +87,17 @@ def type_names() -> list[str]:
     return sorted(_registry())
 
 
+def is_known(name: str) -> bool:
+    """Whether a check type of this name exists; a built-in one is known without reading the plug-ins."""
+    return name in BUILTIN or name in _registry()
+
+
 def load_type(name: str) -> CheckType[object]:
     """Import a check type's module; heavy client libraries load later, in `create`.
 
     The engine treats params as opaque: each type's own `create` gets the params its `params` built.
     """
-    target = _registry()[name]
+    target = BUILTIN.get(name) or _registry()[name]
     module_name, _, attr = target.partition(":")
     try:
         check_type = getattr(importlib.import_module(module_name), attr)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -25,26 +26,29 @@ class TcpCheck:
     def __init__(self, params: Params) -> None:
         self.host, self.port = params.address
         self.where = format_address(self.host, self.port)
+        self.numeric = _numeric(self.host, self.port)  # an IP address: no lookup at all
         self._lookup: asyncio.Future[Lookup] | None = None
 
     async def run(self) -> str:
-        targets = [self.host] if _is_ip(self.host) else await self._resolve()
+        targets = self.numeric or await self._resolve()
+        loop = asyncio.get_running_loop()
         last: OSError | None = None
-        for target in targets:
+        for family, address in targets:
+            # A bare non-blocking socket, closed once connected: no transport or stream pair to build and tear down.
+            sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                _, writer = await asyncio.open_connection(target, self.port)
+                await connect(loop, sock, address)
             except OSError as exc:
                 last = exc
                 continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            finally:
+                sock.close()
             return f"connected to {self.where}"
         if isinstance(last, ConnectionRefusedError):
             raise CheckFailure(f"connection refused by {self.where}")
         raise CheckFailure(f"cannot connect to {self.where}: {getattr(last, 'strerror', None) or last}")
 
-    async def _resolve(self) -> list[str]:
+    async def _resolve(self) -> list[tuple[int, Any]]:
         """The host's addresses. One lookup at a time: a lookup that outlived a timed-out run is awaited
         again by the next run rather than joined by another, so a hung resolver holds one thread, not one a run."""
         if self._lookup is None:
@@ -58,19 +62,43 @@ class TcpCheck:
         finally:
             if lookup.done():
                 self._lookup = None
-        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+        return list(dict.fromkeys((info[0], info[4]) for info in infos))
 
     async def close(self) -> None:
         if self._lookup is not None and not self._lookup.done():
             self._lookup.cancel()
 
 
-def _is_ip(host: str) -> bool:
+async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: Any) -> None:
+    """Connect `sock` (made non-blocking here) to a resolved `address`, waiting for it on the loop: what
+    loop.sock_connect does, without its lookup of an address that is already one, nor its future's callbacks."""
+    sock.setblocking(False)
+    error = sock.connect_ex(address)
+    if error in (errno.EINPROGRESS, errno.EAGAIN):
+        writable = loop.create_future()
+        loop.add_writer(sock, _set_done, writable)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(sock)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _numeric(host: str, port: int) -> list[tuple[int, Any]]:
+    """(family, address) of an IP address given as the host (a numeric lookup, which never blocks); [] for a name."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+        ipaddress.ip_address(host.partition("%")[0])
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except (ValueError, socket.gaierror):
+        return []
+    return list(dict.fromkeys((info[0], info[4]) for info in infos))
 
 
 def _create(spec: CheckSpec[Params], ctx: CheckContext) -> TcpCheck:

@@ -1,31 +1,90 @@
-"""The watchdog's lag: the worst of the last ticks, or how overdue the current tick already is."""
+"""The watchdog's lag: the worst of the last two seconds, measured by the loop's own selector without a timer."""
 
-from agent.testing import FakeClock
-from agent.watchdog import WINDOW, Watchdog
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from agent.testing import FakeClock, run_agent
+from agent.watchdog import SLOT, SLOTS, TICK, Watchdog, WatchedSelector, new_event_loop
 
 
 class Recorder:
     def __init__(self) -> None:
-        self.values: list[float] = []
+        self.read: list[float] = []
 
-    def set(self, value: float) -> None:
-        self.values.append(value)
+    def set_function(self, f: object) -> None:
+        self.f = f
 
 
-def test_the_lag_is_the_worst_of_the_recent_ticks_and_forgets_old_ones() -> None:
+def test_the_lag_is_the_worst_of_the_last_two_seconds_and_forgets_older_ones() -> None:
+    clock = FakeClock()
     gauge = Recorder()
-    dog = Watchdog(gauge, FakeClock())
+    dog = Watchdog(gauge, clock)
     dog.observe(0.003)
     dog.observe(1.5)
-    assert dog.lag == 1.5 and gauge.values[-1] == 1.5
-    for _ in range(WINDOW):
-        dog.observe(0.001)
-    assert dog.lag == 0.001
+    clock.advance(SLOT)
+    dog.observe(0.002)
+    assert dog.lag == 1.5 and gauge.f() == 1.5  # type: ignore[operator]
+    clock.advance(SLOT * SLOTS)
+    dog.observe(0.001)
+    assert dog.lag == 0.002
+    clock.advance(SLOT * (SLOTS + 1))
+    assert dog.lag == 0.0
 
 
-def test_a_tick_that_has_not_ended_yet_counts_as_it_goes() -> None:
-    clock = FakeClock()
-    dog = Watchdog(Recorder(), clock)
-    dog._due = clock() + 0.25
-    clock.advance(3.25)
-    assert dog.lag == 3.0
+def test_a_blocked_loop_is_measured_by_its_selector_while_and_after_it_blocks() -> None:
+    loop = new_event_loop()
+    dog = Watchdog(Recorder())
+    seen: list[float] = []
+
+    async def main() -> None:
+        dog.start()
+        assert isinstance(dog.selector, WatchedSelector) and dog.task is None  # no timer of its own
+        await asyncio.sleep(0)
+        time.sleep(0.3)  # a blocking call on the loop
+        seen.append(dog.lag)  # read during the same iteration: it counts as it goes
+        await asyncio.sleep(0)  # the loop waits again, and notes the iteration
+        seen.append(dog.lag)
+        await dog.close()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert seen[0] >= 0.3 and seen[1] >= 0.3, seen
+
+
+def test_a_loop_without_the_watched_selector_falls_back_to_a_timer() -> None:
+    async def main() -> None:
+        dog = Watchdog(Recorder())
+        dog.start()
+        assert dog.selector is None and dog.task is not None
+        await asyncio.sleep(0)  # the tick starts
+        time.sleep(TICK + 0.3)
+        assert dog.lag >= 0.3  # the tick is overdue by at least as much
+        await dog.close()
+
+    asyncio.run(main())
+
+
+def voluntary_switches(pid: int) -> int:
+    """Sleeps every thread of `pid` woke from so far."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_an_idle_agent_does_not_wake_up() -> None:
+    """The default config, nothing asked of it: a timer that woke it (the watchdog's old tick woke it 4 times
+    a second) would show as voluntary context switches. Counted, not timed: a loaded machine only delays wakes."""
+    with run_agent() as agent:
+        agent.wait_status("/readyz", 200)
+        time.sleep(0.5)  # the answer's own wake-ups are over
+        before = voluntary_switches(agent.proc.pid)
+        time.sleep(3.0)
+        woke = voluntary_switches(agent.proc.pid) - before
+        assert woke <= 2, f"the idle agent woke {woke} times in 3 s"

@@ -1,0 +1,28 @@
+"""Modules the agent imports only when they are needed: each costs every pod memory for nothing otherwise."""
+
+import subprocess
+import sys
+
+LOADS_A_CONFIG = """
+import sys
+from agent.config import load
+load("checks: {web: {type: http, url: 'http://127.0.0.1:1/'}, port: {type: tcp, address: '127.0.0.1:1'}}", {})
+import agent.daemon
+print(sorted(m for m in ("importlib.metadata", "ctypes", "difflib") if m in sys.modules))
+"""
+
+
+def test_built_in_check_types_need_neither_the_plug_in_registry_nor_ctypes_nor_difflib() -> None:
+    done = subprocess.run([sys.executable, "-c", LOADS_A_CONFIG], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_an_unknown_type_still_reads_the_registry_and_suggests_a_name() -> None:
+    from agent.config import ConfigError, load
+
+    try:
+        load("checks: {web: {type: htp, url: 'http://127.0.0.1:1/'}}", {})
+    except ConfigError as exc:
+        assert "unknown check type 'htp'; did you mean 'http'?" in str(exc)
+    else:
+        raise AssertionError("an unknown check type was accepted")
