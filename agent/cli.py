@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from agent import IMAGE, __version__, logs, threads, watchdog
+from agent import IMAGE, __version__, checks, logs, threads, watchdog
 from agent.checks import PluginError
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
 from agent.probes import Probe
@@ -191,6 +191,7 @@ def cmd_wait(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    checks.type_names()  # the validating commands read the plug-ins even for built-in types: a bad one is refused here
     config = read_config(args.file, env)
     sys.stdout.write(yaml.safe_dump(dump(config), sort_keys=False, default_flow_style=False))
     print(f"{args.file}: ok, {len(config.checks)} checks", file=sys.stderr)
@@ -206,6 +207,7 @@ def cmd_lint(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from agent.lint import InputError, lint_paths
     from agent.lint.render import as_json, text
 
+    checks.type_names()  # as check-config: a plug-in that takes a built-in's name is refused, not silently shadowed
     try:
         result = lint_paths(args.paths, args.agent_config)
     except InputError as exc:

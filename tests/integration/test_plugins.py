@@ -216,3 +216,26 @@ def test_mypy_strict_checks_a_plugin_against_the_interface(tmp_path: pathlib.Pat
     errors = sorted({line.split(":")[0] for line in proc.stdout.splitlines() if ": error: " in line})
     assert errors == ["wrong_context.py", "wrong_params.py", "wrong_spec.py"], proc.stdout
     assert '"Params" has no attribute "url"' in proc.stdout and '"AppView" has no attribute "pid"' in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("command", ["check-config", "lint"])
+def test_the_validating_commands_refuse_a_conflicting_plugin_even_for_builtin_checks(tmp_path: pathlib.Path,
+                                                                                     command: str) -> None:
+    plugins = distribution(tmp_path / "plugins", "acme-http", "acme_http", "http")
+    config = tmp_path / "agent.yaml"
+    config.write_text("checks:\n  web: {type: http, url: 'http://127.0.0.1:9/healthz'}\n")
+    target = str(config) if command == "check-config" else "tests/lint/corpus/good/regular-sidecar.yaml"
+    proc = agent([command, target], [plugins])
+    assert proc.returncode == 2 and "takes the name of a built-in check type" in proc.stderr, proc.stderr
+
+
+def test_the_agent_of_builtin_checks_reads_no_plugin(tmp_path: pathlib.Path) -> None:
+    # Reading the entry points costs memory in every pod; a built-in name always means the built-in type.
+    code = textwrap.dedent("""\
+        import sys
+        from agent.config import load
+        load("checks:\\n  web: {type: http, url: 'http://127.0.0.1:9/'}\\n  port: {type: tcp, address: '127.0.0.1:9'}\\n", {})
+        print("importlib.metadata" in sys.modules)
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "False\n"), proc.stderr
