@@ -267,10 +267,15 @@ class Agent:
         assert self.child is not None
         code = self.child.exit_code
         left = self.child.tree()
-        if left:  # a wrapper ended, the app it ran did not: never say the app exited while it runs
-            event(log, logging.INFO, f"{leftover_message(self.child.root, left)} (exit code {code})", exit_code=code)
-        else:
-            event(log, logging.INFO, f"the app exited with code {code}", exit_code=code)
+
+        def say() -> None:
+            if left:  # a wrapper ended, the app it ran did not: never say the app exited while it runs
+                event(log, logging.INFO, f"{leftover_message(self.child.root if self.child else None, left)} "
+                      f"(exit code {code})", exit_code=code)
+            else:
+                event(log, logging.INFO, f"the app exited with code {code}", exit_code=code)
+
+        self.shutdown.after_signal_logged(say)
         self.shutdown.trigger(f"the app exited with code {code}", app_gone=not self.shutdown.running)
 
     def _maybe_running(self) -> None:

@@ -103,6 +103,7 @@ class Shutdown:
         self.hurry = asyncio.Event()  # a second SIGINT: skip the remaining waits
         self.task: asyncio.Task[None] | None = None
         self._started_at = 0.0
+        self._sending: list[Callable[[], None]] | None = None  # while the stop signal goes out: what waits for its log
         self._counting: asyncio.Future[int] | None = None
 
     @property
@@ -228,20 +229,27 @@ class Shutdown:
         cfg = self.config
         signum = signal.Signals[cfg.stop_signal]
         self.report.signalled_after = round(self.clock() - self._started_at, 6)
+        self._sending = []
         try:
             whom = await run_internal(target.send, signum, cfg.stop_scope)  # reads /proc: off the loop
         except ProcessLookupError:
+            self._signal_logged()
             event(log, logging.INFO, "the app exited before the stop signal")
             await self._stop_leftovers(target)
             return
         except PermissionError:
             # Nothing the agent does can stop the app now: end the sequence, so that /prestop returns
             # and the kubelet's own SIGTERM reaches the app with the grace period left.
+            self._signal_logged()
             self._denied(cfg.stop_signal, target)
             return
+        except BaseException:
+            self._signal_logged()
+            raise
         else:
             event(log, logging.INFO, f"sent {cfg.stop_signal} to {whom}; waiting up to "
                   f"{format_duration(cfg.stop_timeout)} for every process of it to exit", signal=cfg.stop_signal)
+            self._signal_logged()
         sent_at = self.clock()
         if await self._until(target.wait_exit(cfg.stop_timeout), cfg.stop_timeout):
             event(log, logging.INFO, f"the app exited {format_duration(round(self.clock() - sent_at, 3))} "
@@ -254,6 +262,19 @@ class Shutdown:
         else:
             message = f"the app did not exit within stop_timeout {format_duration(cfg.stop_timeout)}"
         await self._kill(target, message + (f": {left}" if left else ""))
+
+    def after_signal_logged(self, callback: Callable[[], None]) -> None:
+        """Run `callback` now, or, while the stop signal is going out, once its log line is written: the app may
+        exit (and say so) in the moment between the signal and that line, and the log must keep their order."""
+        if self._sending is None:
+            callback()
+        else:
+            self._sending.append(callback)
+
+    def _signal_logged(self) -> None:
+        waiting, self._sending = self._sending or [], None
+        for callback in waiting:
+            callback()
 
     async def _stop_leftovers(self, target: AppTarget) -> None:
         """The app exited by itself and left processes behind (exec mode): stop them too, then SIGKILL."""
