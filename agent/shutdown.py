@@ -195,13 +195,14 @@ class Shutdown:
         conns = cfg.drain_connections
         delay_end = self._started_at + cfg.drain_delay
         conns_end = self._started_at + (conns.timeout if conns else 0.0)
-        left: int | None = None
+        left: int | None = None  # the last count that finished: a count cut off by the deadline says nothing new
         while not self.hurry.is_set():
             now = self.clock()
             if now >= delay_end:
                 if conns is None or now >= conns_end:
                     break
-                left = await self._count(conns.port, conns_end - now)
+                counted = await self._count(conns.port, conns_end - now)
+                left = left if counted is None else counted
                 if left == 0:
                     break
                 now = self.clock()
@@ -209,9 +210,13 @@ class Shutdown:
                     break
             wait = delay_end - now if now < delay_end else min(POLL, conns_end - now)
             await self._pause(max(0.0, wait))
-        if conns is not None and left and self.clock() >= conns_end and not self.hurry.is_set():
-            event(log, logging.WARNING, f"{left} connections on port {conns.port} still open after "
-                  f"{format_duration(conns.timeout)}; going on", connections=left)
+        if conns is not None and left != 0 and self.clock() >= conns_end and not self.hurry.is_set():
+            if left is None:
+                event(log, logging.WARNING, f"the connections on port {conns.port} could not be counted within "
+                      f"{format_duration(conns.timeout)}; going on")
+            else:
+                event(log, logging.WARNING, f"{left} connections on port {conns.port} still open after "
+                      f"{format_duration(conns.timeout)}; going on", connections=left)
 
     async def _count(self, port: int, budget: float) -> int | None:
         """The app's established connections, or None when counting would run past the deadline (a count still

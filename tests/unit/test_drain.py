@@ -97,3 +97,44 @@ async def test_a_count_that_hangs_past_the_deadline_is_not_waited_for_nor_starte
         assert shutdown.report.outcome == "not_relayed" and calls == [8080]
     finally:
         release.set()
+
+
+async def test_the_last_finished_count_is_reported_when_a_later_one_is_cut_off_by_the_deadline(
+        caplog: pytest.LogCaptureFixture) -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    def count(port: int) -> int:
+        calls.append(port)
+        if len(calls) > 1:
+            release.wait(60)  # the second count does not come back before the drain's timeout
+        return 500
+
+    config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, 0.5))
+    shutdown = Shutdown(Health([], time.monotonic), config, None, connections=count)
+    try:
+        with caplog.at_level("WARNING", logger="agent.shutdown"):
+            shutdown.trigger("test")
+            await asyncio.wait_for(shutdown.stopped.wait(), 30)
+        assert len(calls) == 2
+        assert "500 connections on port 8080 still open after 500ms; going on" in caplog.messages
+    finally:
+        release.set()
+
+
+async def test_a_drain_whose_connections_could_never_be_counted_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    release = threading.Event()
+
+    def hung_count(port: int) -> int:
+        release.wait(60)
+        return 1
+
+    config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, 0.3))
+    shutdown = Shutdown(Health([], time.monotonic), config, None, connections=hung_count)
+    try:
+        with caplog.at_level("WARNING", logger="agent.shutdown"):
+            shutdown.trigger("test")
+            await asyncio.wait_for(shutdown.stopped.wait(), 30)
+        assert "the connections on port 8080 could not be counted within 300ms; going on" in caplog.messages
+    finally:
+        release.set()
