@@ -32,9 +32,7 @@ import contextlib
 import json
 import os
 import platform
-import selectors
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +53,7 @@ from bench_probes import (  # noqa: E402
     SERVING_AGENT,
     SERVING_BARE,
     Child,
+    Targets,
     bare_command,
     code_state,
     http_get,
@@ -124,87 +123,6 @@ def window(pids: dict[str, int], seconds: float) -> Window:
 
 
 # --- helpers the checks talk to ---------------------------------------------------------------------------------
-
-HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nok\n"
-
-
-class Targets:
-    """Loopback listeners in a thread: `open` accepts and closes (recording when), `http` answers 200 to one
-    request, `hang` accepts and never answers."""
-
-    def __init__(self) -> None:
-        self.selector = selectors.DefaultSelector()
-        self.listeners = {name: self._listen(name) for name in ("open", "http", "hang")}
-        self.ports = {name: s.getsockname()[1] for name, s in self.listeners.items()}
-        self.accept_times: list[float] = []
-        self.held: dict[socket.socket, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="targets", daemon=True)
-
-    def _listen(self, name: str) -> socket.socket:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, 0))
-        sock.listen(4096)
-        sock.setblocking(False)
-        self.selector.register(sock, selectors.EVENT_READ, name)
-        return sock
-
-    def address(self, name: str) -> str:
-        return f"{HOST}:{self.ports[name]}"
-
-    def url(self, name: str) -> str:
-        return f"http://{HOST}:{self.ports[name]}/"
-
-    def __enter__(self) -> Targets:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for sock in (*self.held, *self.listeners.values()):
-            sock.close()
-        self.selector.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for key, _ in self.selector.select(timeout=0.1):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                if sock in self.listeners.values():
-                    self._accept(sock, key.data)
-                else:
-                    self._read(sock, key.data)
-
-    def _accept(self, listener: socket.socket, name: str) -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            while True:
-                conn, _ = listener.accept()
-                if name == "open":
-                    self.accept_times.append(time.monotonic())
-                    conn.close()
-                    continue
-                conn.setblocking(False)
-                self.held[conn] = name
-                self.selector.register(conn, selectors.EVENT_READ, name)
-
-    def _read(self, conn: socket.socket, name: str) -> None:
-        try:
-            data = conn.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data and name == "http" and b"\r\n\r\n" in data:
-            with contextlib.suppress(OSError):
-                conn.sendall(HTTP_OK)
-            data = b""
-        if not data:
-            self.selector.unregister(conn)
-            self.held.pop(conn, None)
-            conn.close()
-
 
 @contextlib.contextmanager
 def grpc_server() -> Iterator[str]:

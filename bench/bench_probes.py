@@ -71,37 +71,46 @@ def log(message: str) -> None:
 
 # --- helpers the checks talk to --------------------------------------------------------------------------------
 
-class CheckTargets:
-    """Two loopback listeners in a thread: `hang_port` accepts and never answers, `open_port` accepts and closes."""
+HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nok\n"
+
+
+class Targets:
+    """Loopback listeners in a thread: `open` accepts and closes (recording when), `http` answers 200 to one
+    request, `hang` accepts and never answers."""
 
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
-        self.hang = self._listen()
-        self.open = self._listen()
-        self.hang_port: int = self.hang.getsockname()[1]
-        self.open_port: int = self.open.getsockname()[1]
-        self.held: set[socket.socket] = set()
-        self.accepted = {"hang": 0, "open": 0}
+        self.listeners = {name: self._listen(name) for name in ("open", "http", "hang")}
+        self.ports = {name: s.getsockname()[1] for name, s in self.listeners.items()}
+        self.accept_times: list[float] = []
+        self.accepted = dict.fromkeys(self.listeners, 0)
+        self.held: dict[socket.socket, str] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="check-targets", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="targets", daemon=True)
 
-    def _listen(self) -> socket.socket:
+    def _listen(self, name: str) -> socket.socket:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((HOST, 0))
-        sock.listen(1024)
+        sock.listen(4096)
         sock.setblocking(False)
-        self.selector.register(sock, selectors.EVENT_READ)
+        self.selector.register(sock, selectors.EVENT_READ, name)
         return sock
 
-    def __enter__(self) -> CheckTargets:
+    def address(self, name: str) -> str:
+        return f"{HOST}:{self.ports[name]}"
+
+    def url(self, name: str) -> str:
+        return f"http://{HOST}:{self.ports[name]}/"
+
+    def __enter__(self) -> Targets:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
-        for sock in (*self.held, self.hang, self.open):
+        for sock in (*self.held, *self.listeners.values()):
             sock.close()
         self.selector.close()
 
@@ -110,46 +119,50 @@ class CheckTargets:
             for key, _ in self.selector.select(timeout=0.1):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
-                if sock is self.hang or sock is self.open:
-                    self._accept(sock)
+                if sock in self.listeners.values():
+                    self._accept(sock, key.data)
                 else:
-                    self._drain(sock)
+                    self._read(sock, key.data)
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self, listener: socket.socket, name: str) -> None:
         with contextlib.suppress(BlockingIOError, InterruptedError):
             while True:
                 conn, _ = listener.accept()
-                if listener is self.open:
-                    self.accepted["open"] += 1
+                self.accepted[name] += 1
+                if name == "open":
+                    self.accept_times.append(time.monotonic())
                     conn.close()
                     continue
-                self.accepted["hang"] += 1
                 conn.setblocking(False)
-                self.held.add(conn)
-                self.selector.register(conn, selectors.EVENT_READ)
+                self.held[conn] = name
+                self.selector.register(conn, selectors.EVENT_READ, name)
 
-    def _drain(self, conn: socket.socket) -> None:
-        """Read and drop what a hung client sends; close once it gives up (EOF or reset)."""
+    def _read(self, conn: socket.socket, name: str) -> None:
         try:
             data = conn.recv(65536)
         except BlockingIOError:
             return
         except OSError:
             data = b""
+        if data and name == "http" and b"\r\n\r\n" in data:
+            with contextlib.suppress(OSError):
+                conn.sendall(HTTP_OK)
+            data = b""
         if not data:
             self.selector.unregister(conn)
-            self.held.discard(conn)
+            self.held.pop(conn, None)
             conn.close()
 
 
-def checks_config(targets: CheckTargets) -> str:
+
+def checks_config(targets: Targets) -> str:
     """200 checks in readiness: 50 hanging http checks (timeout 1s, every 2s), 150 passing tcp checks (every 1s or 2s)."""
     lines = ["log: {level: info, format: json}", "checks:"]
     for i in range(HANGING):
-        lines += [f"  hang-{i:03d}:", "    type: http", f"    url: http://{HOST}:{targets.hang_port}/never",
+        lines += [f"  hang-{i:03d}:", "    type: http", f"    url: http://{HOST}:{targets.ports['hang']}/never",
                   "    timeout: 1s", "    interval: 2s"]
     for i in range(PASSING):
-        lines += [f"  tcp-{i:03d}:", "    type: tcp", f"    address: {HOST}:{targets.open_port}",
+        lines += [f"  tcp-{i:03d}:", "    type: tcp", f"    address: {HOST}:{targets.ports['open']}",
                   "    timeout: 1s", f"    interval: {1 + i % 2}s"]
     return "\n".join(lines) + "\n"
 
@@ -452,7 +465,7 @@ def run(seconds: float, rounds: int, check_rounds: int, connections: int, starts
         stop_all([agent, bare])
 
         # 2. The 200-check agent under the same load; 3. its RSS after.
-        targets = stack.enter_context(CheckTargets())
+        targets = stack.enter_context(Targets())
         config = os.path.join(folder, "checks.yaml")
         Path(config).write_text(checks_config(targets), encoding="utf-8")
         log(f"starting the agent with {HANGING + PASSING} checks ({HANGING} hanging, {PASSING} passing)")
