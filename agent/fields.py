@@ -71,6 +71,10 @@ def join(path: str, key: str) -> str:
 class Kind:
     """How one field's value is parsed, dumped, redacted and described in the schema."""
 
+    def shape(self) -> str:
+        """What a value of this kind looks like, in a reader's words (the docs' key tables)."""
+        return type(self).__name__.lower()
+
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         raise NotImplementedError
 
@@ -82,6 +86,9 @@ class Kind:
 
 
 class Str(Kind):
+    def shape(self) -> str:
+        return "string"
+
     def __init__(self, *, nonempty: bool = True) -> None:
         self.nonempty = nonempty
 
@@ -100,6 +107,9 @@ class Str(Kind):
 class Secret(Str):
     """A string that is never printed: tokens, passwords."""
 
+    def shape(self) -> str:
+        return "string (secret)"
+
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         text = super().parse(value, path, problems)
         problems.secrets.add(text)
@@ -111,6 +121,9 @@ class Secret(Str):
 
 class Url(Kind):
     """A URL whose password, if any, is a secret."""
+
+    def shape(self) -> str:
+        return "URL (" + ", ".join(f"`{s}://`" for s in self.schemes) + "; a password in it is secret)"
 
     def __init__(self, schemes: Sequence[str]) -> None:
         self.schemes = tuple(schemes)
@@ -156,6 +169,9 @@ def redact_url(url: str) -> str:
 
 
 class Bool(Kind):
+    def shape(self) -> str:
+        return "boolean"
+
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         if isinstance(value, bool):
             return value
@@ -168,6 +184,12 @@ class Bool(Kind):
 
 
 class Number(Kind):
+    def shape(self) -> str:
+        noun = "integer" if self.integer else "number"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{noun} {self.minimum:g}-{self.maximum:g}"
+        return f"{noun} ≥ {self.minimum:g}" if self.minimum is not None else noun
+
     def __init__(self, *, integer: bool, minimum: float | None = None, maximum: float | None = None) -> None:
         self.integer, self.minimum, self.maximum = integer, minimum, maximum
 
@@ -207,6 +229,9 @@ def _number(value: float) -> str:
 
 
 class Duration(Kind):
+    def shape(self) -> str:
+        return "duration"
+
     def __init__(self, *, positive: bool = False) -> None:
         self.positive = positive
 
@@ -230,6 +255,9 @@ class Duration(Kind):
 
 
 class Size(Kind):
+    def shape(self) -> str:
+        return "size"
+
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         try:
             return units.parse_size(value)
@@ -242,6 +270,9 @@ class Size(Kind):
 
 
 class Address(Kind):
+    def shape(self) -> str:
+        return "host:port"
+
     def __init__(self, default_host: str | None = None) -> None:
         self.default_host = default_host
 
@@ -259,6 +290,9 @@ class Address(Kind):
 
 
 class Regex(Str):
+    def shape(self) -> str:
+        return "regex"
+
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         text = super().parse(value, path, problems)
         try:
@@ -269,6 +303,9 @@ class Regex(Str):
 
 
 class Enum(Kind):
+    def shape(self) -> str:
+        return "one of " + ", ".join(f"`{c}`" for c in self.choices)
+
     def __init__(self, choices: Sequence[str], *, ignore_case: bool = False) -> None:
         self.choices, self.ignore_case = tuple(choices), ignore_case
 
@@ -287,6 +324,9 @@ class Enum(Kind):
 
 
 class SignalName(Enum):
+    def shape(self) -> str:
+        return "signal name"
+
     def __init__(self) -> None:
         names = sorted(s.name for s in signal.Signals if s.name.startswith("SIG") and not s.name.startswith("SIG_"))
         super().__init__(names)
@@ -304,6 +344,9 @@ class SignalName(Enum):
 
 class StatusRange(Kind):
     """HTTP status codes as `200-399`, `200`, or a list of those."""
+
+    def shape(self) -> str:
+        return "status range, or a list of them"
 
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         items = value if isinstance(value, list) else [value]
@@ -331,6 +374,10 @@ class StatusRange(Kind):
 
 
 class ListOf(Kind):
+    def shape(self) -> str:
+        item = self.item.shape()
+        return "list of " + (item.removeprefix("one of ") if isinstance(self.item, Enum) else item)
+
     def __init__(self, item: Kind, *, nonempty: bool = False, unique: bool = False) -> None:
         self.item, self.nonempty, self.unique = item, nonempty, unique
 
@@ -363,6 +410,9 @@ class ListOf(Kind):
 
 class StrMap(Kind):
     """A mapping of names to strings; `secret` values are never printed."""
+
+    def shape(self) -> str:
+        return "mapping of strings" + (" (values secret)" if self.secret else "")
 
     def __init__(self, *, secret: bool = False) -> None:
         self.secret = secret
@@ -405,6 +455,9 @@ class Field:
 
 class Section(Kind):
     """A mapping with known keys, built into a frozen dataclass by `build`."""
+
+    def shape(self) -> str:
+        return "mapping"
 
     def __init__(self, fields: Sequence[Field], build: Callable[..., Any],
                  *, one_of: Sequence[str] = (), check: Callable[[Any, str, Problems], None] | None = None) -> None:

@@ -22,74 +22,15 @@ if str(ROOT) not in sys.path:  # run as a script from a source tree that was nev
 from agent import checks  # noqa: E402
 from agent.config import COMMON, TOP  # noqa: E402
 from agent.fields import (  # noqa: E402
-    Address,
-    Bool,
-    Duration,
     Enum,
     Field,
-    Kind,
-    ListOf,
-    Number,
-    Regex,
-    Secret,
     Section,
-    SignalName,
-    Size,
-    StatusRange,
-    Str,
-    StrMap,
-    Url,
 )
 from agent.lint.findings import RULES, Rule  # noqa: E402
 from agent.metrics import LABEL_VALUES, METRICS, MetricDef  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- END generated: (?P=name) -->)",
                    re.DOTALL)
-# Kinds that a check type module defines for itself, by class name.
-OWN_KINDS = {"Dsn": "DSN (password secret)", "Nameserver": "host or host:port"}
-
-
-def kind_name(kind: Kind) -> str:
-    """What a value of this kind looks like, in a reader's words."""
-    if type(kind).__name__ in OWN_KINDS:
-        return OWN_KINDS[type(kind).__name__]
-    if isinstance(kind, SignalName):
-        return "signal name"
-    if isinstance(kind, Enum):
-        return "one of " + ", ".join(f"`{c}`" for c in kind.choices)
-    if isinstance(kind, Secret):
-        return "string (secret)"
-    if isinstance(kind, Regex):
-        return "regex"
-    if isinstance(kind, Str):
-        return "string"
-    if isinstance(kind, Url):
-        return "URL (" + ", ".join(f"`{s}://`" for s in kind.schemes) + "; a password in it is secret)"
-    if isinstance(kind, Bool):
-        return "boolean"
-    if isinstance(kind, Number):
-        noun = "integer" if kind.integer else "number"
-        if kind.minimum is not None and kind.maximum is not None:
-            return f"{noun} {kind.minimum:g}-{kind.maximum:g}"
-        return f"{noun} ≥ {kind.minimum:g}" if kind.minimum is not None else noun
-    if isinstance(kind, Duration):
-        return "duration"
-    if isinstance(kind, Size):
-        return "size"
-    if isinstance(kind, Address):
-        return "host:port"
-    if isinstance(kind, StatusRange):
-        return "status range, or a list of them"
-    if isinstance(kind, ListOf):
-        item = kind_name(kind.item)
-        return "list of " + (item.removeprefix("one of ") if isinstance(kind.item, Enum) else item)
-    if isinstance(kind, StrMap):
-        return "mapping of strings" + (" (values secret)" if kind.secret else "")
-    if isinstance(kind, Section):
-        return "mapping"
-    return type(kind).__name__.lower()
-
-
 def _flow(value: Any) -> str:
     """A dumped default as it would be written in YAML flow style."""
     if isinstance(value, bool):
@@ -121,10 +62,10 @@ def field_rows(fields: Sequence[Field], prefix: str = "") -> Iterable[tuple[str,
         key = prefix + f.name
         if isinstance(f.kind, Section):
             if f.default is None or f.doc:  # an optional section is a key of its own
-                yield key, kind_name(f.kind), default_text(f), f.doc
+                yield key, f.kind.shape(), default_text(f), f.doc
             yield from field_rows(f.kind.fields, key + ".")
             continue
-        yield key, kind_name(f.kind), default_text(f), f.doc
+        yield key, f.kind.shape(), default_text(f), f.doc
 
 
 def field_table(fields: Sequence[Field]) -> str:

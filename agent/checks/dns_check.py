@@ -261,6 +261,9 @@ def _shorten(data: str) -> str:
 class Nameserver(Address):
     """`host:port`, `[v6]:port`, or a bare host or IPv6 address on port 53."""
 
+    def shape(self) -> str:
+        return "host or host:port"
+
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         if isinstance(value, str):
             text = value.strip()

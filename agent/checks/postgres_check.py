@@ -37,6 +37,9 @@ def parse_keyword_dsn(text: str) -> dict[str, str]:
 class Dsn(Kind):
     """A PostgreSQL DSN: a postgres:// URL or libpq key=value pairs; the password is a secret."""
 
+    def shape(self) -> str:
+        return "DSN (password secret)"
+
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise Invalid(f"expected a DSN like postgres://user@host:5432/db or 'host=db dbname=app', got {type(value).__name__}")
