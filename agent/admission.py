@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import jsonpatch
 
+from agent.units import one_line
+
 API_VERSION = "admission.k8s.io/v1"
 POD = {"group": "", "version": "v1", "kind": "Pod"}
 # The API server keeps a warning whole up to this length and may truncate longer ones.
@@ -134,8 +136,7 @@ def decide(review: Review, mutate: Mutate, refusals: tuple[type[Exception], ...]
 
 
 def _warning(note: str) -> str:
-    text = " ".join(f"sidecar-agent: {note}".split())
-    return text if len(text) <= MAX_WARNING else text[:MAX_WARNING - 3] + "..."
+    return one_line(f"sidecar-agent: {note}", MAX_WARNING)
 
 
 def _answer(uid: str, *, allowed: bool, warnings: Sequence[str] = (), patch: str | None = None,

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import re
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +20,9 @@ from agent.tree import (
     group_members,
     group_of,
     is_launcher,
+    kill_all,
     leftover_message,
+    mount_namespace,
     refusal,
     signal_group,
     signal_member,
@@ -154,9 +155,7 @@ class AppMonitor:
         """SIGKILL every process recorded with the stop signal that still runs (and the group, if it was signalled):
         whatever the scope, nothing of the app is left running after stop_timeout."""
         members = still_running(self._snapshot or ([self.target] if self.target else []))
-        if scope == "group" and self._group is not None:
-            signal_group(self._group, signal.SIGKILL, members)
-        return [m for m in members if signal_member(m, signal.SIGKILL) or not m.running()]
+        return kill_all(members, self._group if scope == "group" else None)
 
     def leftovers(self) -> list[Member]:
         """In run mode the agent did not start the app: what it leaves behind is the kubelet's to end."""
@@ -343,13 +342,6 @@ class AppMonitor:
                          threads=threads, fds=fds, cpu_seconds=cpu, cpu_rate=rate, at=now)
 
 
-def _mount_namespace(pid: int | str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/mnt")
-    except OSError:
-        return None  # another user's process: its namespace links need ptrace access, which the agent lacks
-
-
 def other_containers(me: int) -> psutil.Process | None:
     """The oldest top-level process of another container in the pod's shared process namespace.
 
@@ -358,7 +350,7 @@ def other_containers(me: int) -> psutil.Process | None:
     exec'd into it) is left out by its mount namespace, where that can be read, and by ancestry. Only /proc/PID/stat
     is needed, which any user may read, unlike the namespace links of another user's processes.
     """
-    own_ns = _mount_namespace("self")
+    own_ns = mount_namespace("self")
     ancestors = set()
     try:
         process: psutil.Process | None = psutil.Process(me)
@@ -372,7 +364,7 @@ def other_containers(me: int) -> psutil.Process | None:
         info = proc.info
         if info["ppid"] != 0 or info["pid"] == 1 or info["pid"] in ancestors or not info["cmdline"]:
             continue  # not a container's first process, the pause process, the agent's own, or a kernel thread
-        if own_ns is not None and _mount_namespace(info["pid"]) == own_ns:
+        if own_ns is not None and mount_namespace(info["pid"]) == own_ns:
             continue  # exec'd into the agent's container (its preStop hook)
         candidates.append(proc)
     return min(candidates, key=lambda p: (p.info["create_time"], p.pid), default=None)

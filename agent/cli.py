@@ -19,7 +19,7 @@ import yaml
 
 from agent import IMAGE, __version__, checks, logs, threads, watchdog
 from agent.checks import PluginError
-from agent.config import DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
+from agent.config import CONFIG_TEXT_ENV, DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
 from agent.probes import Probe
 from agent.units import parse_address, parse_duration
 
@@ -73,7 +73,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-CONFIG_TEXT_ENV = "SIDECAR_AGENT_CONFIG_YAML"
 
 
 def read_config(path: str | None, env: Mapping[str, str], *, app_is_child: bool = False) -> Config:

@@ -39,6 +39,8 @@ from agent.yamlread import YamlError, read_document
 __all__ = ["DEFAULT_CONFIG", "CheckSpec", "Config", "ConfigError", "dump", "json_schema", "load"]
 
 CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# The config as text in the environment (an injected agent container carries it there: no ConfigMap needed).
+CONFIG_TEXT_ENV = "SIDECAR_AGENT_CONFIG_YAML"
 DEFAULT_CONFIG = """\
 # The embedded default: serve on every interface, no checks, so alive and ready at once.
 listen: 0.0.0.0:8686

@@ -18,7 +18,7 @@ import psutil
 
 from agent.reaper import Reaper, exit_code
 from agent.threads import run_internal
-from agent.tree import Member, leftover_message, member, signal_group, signal_member, tree_of
+from agent.tree import Member, kill_all, leftover_message, member, signal_group, signal_member, tree_of
 
 # Signals the agent handles itself: SIGTERM/SIGINT start the ordered shutdown, SIGHUP reloads the agent's
 # config, SIGCHLD is the reaper's. Every other catchable signal is forwarded to the child, as tini does.
@@ -132,10 +132,7 @@ class AppSupervisor:
     def kill(self, scope: str) -> list[Member]:
         """SIGKILL what is left of the tree, whatever the scope: the agent never exits while part of the app it
         started runs."""
-        members = self.tree()
-        if scope == "group":
-            signal_group(self.pid, signal.SIGKILL, members)
-        return [m for m in members if signal_member(m, signal.SIGKILL) or not m.running()]
+        return kill_all(self.tree(), self.pid if scope == "group" else None)
 
     def leftovers(self) -> list[Member]:
         """Processes of the tree still running once the child has exited."""

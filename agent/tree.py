@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+import signal
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -103,6 +104,14 @@ def signal_member(target: Member, signum: int) -> bool:
 def signal_each(members: Iterable[Member], signum: int) -> list[Member]:
     """Signal each member that is still the process recorded, once; the ones reached."""
     return [m for m in members if signal_member(m, signum)]
+
+
+def kill_all(members: Sequence[Member], pgid: int | None) -> list[Member]:
+    """SIGKILL the group `pgid` (when given and still the app's) and each member still recorded; the members that
+    are gone now, killed or already exited."""
+    if pgid is not None:
+        signal_group(pgid, signal.SIGKILL, members)
+    return [m for m in members if signal_member(m, signal.SIGKILL) or not m.running()]
 
 
 def signal_group(pgid: int, signum: int, members: Iterable[Member]) -> bool:

@@ -13,12 +13,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from agent.config import CONFIG_TEXT_ENV
 from agent.inject.settings import LISTEN_PORT
 from agent.lint.rules_probes import AGENT_RESTART_SECONDS
+from agent.probes import Probe
 
 NAME = "sidecar-agent"
 PORT_NAME = "sidecar-agent"
-CONFIG_ENV = "SIDECAR_AGENT_CONFIG_YAML"
 AGENT_USER = 65532  # the image's USER (Dockerfile): numeric, so runAsNonRoot can verify it
 KUBELET_PERIOD = 2
 LIVENESS_FAILURES = math.floor(AGENT_RESTART_SECONDS / KUBELET_PERIOD) + 2  # (7 - 1) x 2 s = 12 s > 11.5 s
@@ -32,20 +33,21 @@ def _get(path: str) -> dict[str, Any]:
 
 def liveness(check: str) -> dict[str, Any]:
     """The app container's liveness: its own check's answer, so another container's failure never restarts it."""
-    return {"httpGet": _get(f"/livez/{check}"), "periodSeconds": KUBELET_PERIOD, "timeoutSeconds": 1,
+    return {"httpGet": _get(f"/{Probe.LIVENESS.path}/{check}"), "periodSeconds": KUBELET_PERIOD, "timeoutSeconds": 1,
             "failureThreshold": LIVENESS_FAILURES}
 
 
 def readiness() -> dict[str, Any]:
     """The pod's readiness: every readiness check, the startup latch, and the drain."""
-    return {"httpGet": _get("/readyz"), "periodSeconds": KUBELET_PERIOD, "timeoutSeconds": 1, "failureThreshold": 1}
+    return {"httpGet": _get(f"/{Probe.READINESS.path}"), "periodSeconds": KUBELET_PERIOD, "timeoutSeconds": 1,
+            "failureThreshold": 1}
 
 
 def startup(check: str, original: Mapping[str, Any]) -> dict[str, Any]:
     """The app container's startup: its own check, allowed as long as the original probe allowed, plus a margin."""
     delay = original.get("initialDelaySeconds") or 0
     allowed = delay + (original.get("periodSeconds") or 10) * (original.get("failureThreshold") or 3)
-    return {"httpGet": _get(f"/startupz/{check}"), "periodSeconds": KUBELET_PERIOD, "timeoutSeconds": 1,
+    return {"httpGet": _get(f"/{Probe.STARTUP.path}/{check}"), "periodSeconds": KUBELET_PERIOD, "timeoutSeconds": 1,
             "failureThreshold": math.ceil((allowed + STARTUP_MARGIN_SECONDS) / KUBELET_PERIOD)}
 
 
@@ -58,7 +60,7 @@ def agent_container(image: str, config_env: str, env: list[dict[str, Any]], *, n
     container.update({
         "command": ["sidecar-agent"],
         "args": ["run"],
-        "env": [*env, {"name": CONFIG_ENV, "value": config_env}],
+        "env": [*env, {"name": CONFIG_TEXT_ENV, "value": config_env}],
         "ports": [{"name": PORT_NAME, "containerPort": LISTEN_PORT, "protocol": "TCP"}],
         # A native sidecar's startup probe holds the app containers until the agent serves.
         "startupProbe": {"httpGet": _get("/agent/readyz"), "periodSeconds": 1, "failureThreshold": 30},

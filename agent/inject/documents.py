@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from agent.inject.api import InjectError, Options, Outcome
-from agent.inject.template import inject, plain, remove
+from agent.inject.edits import plain
+from agent.inject.template import inject, remove
 from agent.lint import source
 from agent.lint.findings import InputError
 
@@ -125,21 +126,12 @@ def _inputs(paths: Sequence[str], stdin: Callable[[], bytes]) -> list[tuple[str,
         if path == "-":
             found.append(("<stdin>", stdin()))
         elif os.path.isdir(path):
-            files = _yaml_files(path)
+            files = source.yaml_files(path)
             if not files:
                 raise InputError(path, None, "no .yaml or .yml files in this directory")
             found += [(f, source.read_file(f)) for f in files]
         else:
             found.append((path, source.read_file(path)))
-    return found
-
-
-def _yaml_files(directory: str) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, f) for f in sorted(files)
-                  if f.endswith(source.YAML_SUFFIXES) and not f.startswith(".")]
     return found
 
 

@@ -62,3 +62,12 @@ def undo(root: dict[str, Any], record: Sequence[Mapping[str, Any]], where: str) 
                 walk(root, path[:-1]).pop(path[-1], None)
     except (KeyError, IndexError, TypeError, StopIteration):
         raise InjectError(f"{where}: the record of the injection does not fit this template (edited since?)") from None
+
+
+def plain(value: Any) -> Any:
+    """A deep copy made of plain dicts and lists (YAML readers hand out subclasses that a dumper refuses)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value

@@ -12,6 +12,7 @@ import yaml
 from agent import checks
 from agent.config import Config, ConfigError, load, parse_yaml
 from agent.inject.api import InjectError
+from agent.inject.edits import plain
 
 CHECKS_ANNOTATION = "sidecar-agent.io/checks"
 ANNOTATION_PATH = ("metadata", "annotations", CHECKS_ANNOTATION)
@@ -136,13 +137,5 @@ def copied_env(names: Sequence[str], containers: Sequence[Mapping[str, Any]]) ->
         if entry is None:
             raise InjectError(f"{WHERE}: ${{{name}}} names no env entry of the app containers (env from envFrom is not "
                               "copied: add an env entry, with valueFrom.secretKeyRef for a secret)", ANNOTATION_PATH)
-        out.append(_plain(entry))
+        out.append(plain(entry))
     return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

@@ -15,7 +15,7 @@ from agent import __version__, kubelet_env
 from agent.inject import container as agent_spec
 from agent.inject import hooks, probes, settings
 from agent.inject.api import InjectError, Options, Outcome
-from agent.inject.edits import Editor, Path, undo, walk
+from agent.inject.edits import Editor, Path, plain, undo, walk
 from agent.lint.rules_shutdown import GRACE_MARGIN_SECONDS
 
 STATUS = "sidecar-agent.io/status"
@@ -24,15 +24,6 @@ STATUS_WHERE = f'metadata.annotations["{STATUS}"]'
 JOBS = ("Job", "CronJob")
 DEFAULT_GRACE = 30
 CHECK_NAME = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def plain(value: Any) -> Any:
-    """A deep copy made of plain dicts and lists (YAML readers hand out subclasses that a dumper refuses)."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def _skip(template: dict[str, Any], why: str) -> Outcome:

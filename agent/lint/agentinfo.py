@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import yaml
 
 from agent import checks, kubelet_env
-from agent.config import DEFAULT_CONFIG, Config, ConfigError, load, parse_yaml
+from agent.config import CONFIG_TEXT_ENV, DEFAULT_CONFIG, Config, ConfigError, load, parse_yaml
 from agent.fields import env_references
 from agent.lint.commands import option, simple_commands
 from agent.lint.model import Container, DataObject, Pod, Workload
@@ -20,7 +20,6 @@ AGENT_NAME = "sidecar-agent"
 DEFAULT_PORT = 8686
 DAEMONS = ("run", "exec")
 PLACEHOLDER = "lint-placeholder"
-CONFIG_TEXT_ENV = "SIDECAR_AGENT_CONFIG_YAML"
 _K8S_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 

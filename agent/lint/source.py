@@ -59,7 +59,8 @@ def read_file(path: str) -> bytes:
         raise InputError(path, None, f"cannot read: {exc.strerror or exc}") from None
 
 
-def _yaml_files(directory: str) -> list[str]:
+def yaml_files(directory: str) -> list[str]:
+    """The YAML files below a directory, in a stable order; hidden files and folders left out."""
     found = []
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -76,7 +77,7 @@ def read_paths(paths: Sequence[str]) -> Sources:
     sources = Sources()
     for path in paths:
         if os.path.isdir(path):
-            files = _yaml_files(path)
+            files = yaml_files(path)
             if not files:
                 raise InputError(path, None, "no .yaml or .yml files in this directory")
             for file in files:
