@@ -110,14 +110,15 @@ async def test_the_last_finished_count_is_reported_when_a_later_one_is_cut_off_b
             release.wait(60)  # the second count does not come back before the drain's timeout
         return 500
 
-    config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, 0.5))
+    # 2 s: room for the first count's thread on a loaded machine; the hung second one is released at the end.
+    config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, 2.0))
     shutdown = Shutdown(Health([], time.monotonic), config, None, connections=count)
     try:
         with caplog.at_level("WARNING", logger="agent.shutdown"):
             shutdown.trigger("test")
             await asyncio.wait_for(shutdown.stopped.wait(), 30)
         assert len(calls) == 2
-        assert "500 connections on port 8080 still open after 500ms; going on" in caplog.messages
+        assert "500 connections on port 8080 still open after 2s; going on" in caplog.messages
     finally:
         release.set()
 

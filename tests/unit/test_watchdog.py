@@ -72,9 +72,11 @@ def voluntary_switches(pid: int) -> int:
     """Sleeps every thread of `pid` woke from so far."""
     total = 0
     for task in os.listdir(f"/proc/{pid}/task"):
-        for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
-            if line.startswith("voluntary_ctxt_switches:"):
-                total += int(line.split()[1])
+        try:
+            lines = Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines()
+        except FileNotFoundError:
+            continue  # a worker thread that ended since the listing woke no more
+        total += sum(int(line.split()[1]) for line in lines if line.startswith("voluntary_ctxt_switches:"))
     return total
 
 

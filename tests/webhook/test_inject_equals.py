@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.inject import Options, inject_template
+from agent.inject import InjectError, Options, inject_template
 from tests.servers import free_port
 from tests.webhook.conftest import TlsPair
 from tests.webhook.reviews import client_context, patched, review
@@ -98,7 +98,7 @@ def test_the_patch_gives_what_inject_gives(served: tuple[str, TlsPair, str], nam
     template = {"metadata": copy.deepcopy(obj["metadata"]), "spec": copy.deepcopy(obj["spec"])}
     try:
         expected = inject_template(template, Options(kubernetes_version=(major, minor)), kind="Pod")
-    except Exception as exc:  # noqa: BLE001 - a refused pod must be refused by the webhook too, with the same words
+    except InjectError as exc:  # a refused pod must be refused by the webhook too, with the same words
         answer = ask(url, tls, review(copy.deepcopy(obj), uid=f"uid-{name}"))["response"]
         assert answer["uid"] == f"uid-{name}" and answer["allowed"] is False
         assert str(exc)[:80] in answer["status"]["message"]
