@@ -153,11 +153,7 @@ class Metrics:
         ProcessCollector(registry=r)
 
     def observe(self, spec: CheckSpec[object], result: Result, flipped: bool) -> None:
-        children = self._children.get(spec.name)
-        if children is None:  # the labelled children, looked up once per check rather than at every run
-            children = self._children[spec.name] = _CheckChildren(
-                self.check_duration.labels(spec.name), self.check_transitions.labels(spec.name),
-                {o: self.check_runs.labels(spec.name, o.value) for o in Outcome})
+        children = self._children[spec.name]  # looked up once per check (in _init_children), not at every run
         children.duration.observe(result.duration)
         children.runs[result.outcome].inc()
         if flipped:
@@ -166,11 +162,10 @@ class Metrics:
     def _init_children(self, specs: Sequence[CheckSpec[object]]) -> None:
         """Create every labelled series up front, so that they read 0 rather than being absent."""
         for spec in specs:
-            self.check_duration.labels(spec.name)
-            self.check_transitions.labels(spec.name)
+            self._children[spec.name] = _CheckChildren(
+                self.check_duration.labels(spec.name), self.check_transitions.labels(spec.name),
+                {o: self.check_runs.labels(spec.name, o.value) for o in Outcome})
             self.poller_restarts.labels(spec.name)
-            for outcome in Outcome:
-                self.check_runs.labels(spec.name, outcome.value)
 
     def apply(self, specs: Sequence[CheckSpec[object]], gone: Sequence[str]) -> None:
         """After a reload: drop the series of removed checks, create those of new ones."""

@@ -57,8 +57,10 @@ from bench_probes import (  # noqa: E402
     bare_command,
     code_state,
     http_get,
+    log,
     stop_all,
     time_to_first_probe,
+    verdict,
 )
 
 HOST = "127.0.0.1"
@@ -69,16 +71,8 @@ TARGET_RUN_RATIO, TARGET_IDLE_PCT, TARGET_P99_MS, TARGET_RSS_MIB, TARGET_START_S
 lines: list[str] = []  # the report, printed at the end
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def out(line: str = "") -> None:
     lines.append(line)
-
-
-def verdict(ok: bool) -> str:
-    return "**yes**" if ok else "**NO**"
 
 
 # --- CPU and wake-ups from /proc --------------------------------------------------------------------------------

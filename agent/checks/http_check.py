@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import re
 import socket
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import aiohttp
 
 from agent import __version__
 from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType
-from agent.checks.tcp_check import connect
+from agent.checks.tcp_check import connect, numeric_address
 from agent.fields import Bool, Enum, Field, Regex, StatusRange, StrMap, Url, optional, redact_url
 from agent.units import is_loopback_host
 
@@ -114,10 +113,11 @@ def _direct_request(params: Params) -> _Direct | None:
     parts = urlsplit(params.url)
     host, target = parts.hostname or "", (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        ipaddress.ip_address(host)
         port = parts.port or 80
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    except (ValueError, socket.gaierror):
+    except ValueError:
+        return None
+    addresses = numeric_address(host, port)
+    if not addresses:
         return None
     texts = [target, *(k for k, _ in params.headers), *(v for _, v in params.headers)]
     if parts.scheme != "http" or not all(t.isprintable() and t.isascii() for t in texts) or " " in target:
@@ -134,7 +134,8 @@ def _direct_request(params: Params) -> _Direct | None:
         headers[name.lower()] = (name, value)
     headers["connection"] = ("Connection", "close")
     head = f"{params.method} {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers.values()) + "\r\n"
-    return _Direct(infos[0][0], infos[0][4], f"{host}:{port}", head.encode("ascii"))
+    family, address = addresses[0]
+    return _Direct(family, address, f"{host}:{port}", head.encode("ascii"))
 
 
 class _BadResponse(Exception):

@@ -27,7 +27,7 @@ class TcpCheck:
     def __init__(self, params: Params) -> None:
         self.host, self.port = params.address
         self.where = format_address(self.host, self.port)
-        self.numeric = _numeric(self.host, self.port)  # an IP address: no lookup at all
+        self.numeric = numeric_address(self.host, self.port)  # an IP address: no lookup at all
         self._lookup: asyncio.Future[Lookup] | None = None
 
     async def run(self) -> str:
@@ -102,7 +102,7 @@ def _set_done(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _numeric(host: str, port: int) -> list[tuple[int, Any]]:
+def numeric_address(host: str, port: int) -> list[tuple[int, Any]]:
     """(family, address) of an IP address given as the host (a numeric lookup, which never blocks); [] for a name."""
     try:
         ipaddress.ip_address(host.partition("%")[0])

@@ -3,7 +3,6 @@ annotation, validated as a config file is (agent.config.load), and the app env e
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import yaml
 
 from agent import checks
 from agent.config import Config, ConfigError, load, parse_yaml
+from agent.fields import env_references
 from agent.inject.api import InjectError
 from agent.inject.edits import plain
 
@@ -18,7 +18,6 @@ CHECKS_ANNOTATION = "sidecar-agent.io/checks"
 ANNOTATION_PATH = ("metadata", "annotations", CHECKS_ANNOTATION)
 WHERE = f'metadata.annotations["{CHECKS_ANNOTATION}"]'
 LISTEN_PORT = 8686
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 _PLACEHOLDER = "injectvar{}x"
 # The config text is only read back here: libyaml writes it several times faster where PyYAML has it.
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -60,8 +59,8 @@ def merge(generated: Mapping[str, dict[str, Any]], extra: Mapping[str, Any]) -> 
 def variables(extra: Mapping[str, Any]) -> list[str]:
     """The `${VAR}` names (without a default) the annotation's checks use, in order of first use."""
     found: list[str] = []
-    for name, default in _VAR.findall(_text(dict(extra))):
-        if not default and name not in found:
+    for name, default in env_references(_text(dict(extra))):
+        if default is None and name not in found:
             found.append(name)
     return found
 
