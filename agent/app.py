@@ -83,8 +83,6 @@ class AppMonitor:
         self.restarts = 0
         self.error: str | None = None  # why the last lookup found nothing
         self.reason: str | None = None  # why the target is the process it is, when there was a choice
-        self.tree: list[Member] = []  # the target and its descendants, as last seen
-        self.tree_source: Callable[[psutil.Process], list[Member]] = tree_of
         self._snapshot: list[Member] = []  # the tree when the stop signal was sent
         self._signalled: Member | None = None
         self._group: int | None = None  # the process group signalled with it, if any
@@ -203,11 +201,18 @@ class AppMonitor:
                   pid=sample.pid, reason=self.reason)
         self._identity = sample.identity
         self.sample = sample
-        try:
-            self.tree = self.tree_source(process)
-        except psutil.Error:
-            self.tree = []
         return sample
+
+    def watched_tree(self) -> list[Member]:
+        """The app last seen and its descendants, read now (blocking: /proc), for /status; [] when it is gone."""
+        sample = self.sample
+        if sample is None:
+            return []
+        try:
+            members = tree_of(psutil.Process(sample.pid))
+        except psutil.Error:
+            return []
+        return members if members and members[0].started == sample.create_time else []
 
     def _locate(self) -> psutil.Process | None:
         # A shell kept as the target is looked past again: the app it starts may not have run at first.

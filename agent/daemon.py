@@ -26,7 +26,7 @@ from agent.shutdown import Shutdown
 from agent.status import iso, status_document
 from agent.supervisor import FORWARDED, AppSupervisor
 from agent.threads import install_default_executor, run_internal
-from agent.tree import describe, leftover_message
+from agent.tree import Member, describe, leftover_message
 from agent.watchdog import Watchdog
 
 log = logging.getLogger("agent")
@@ -89,7 +89,9 @@ class Agent:
 
     # -- what the server and the signal handlers call ------------------------------------------------
 
-    def status(self) -> dict[str, object]:
+    async def status(self) -> dict[str, object]:
+        """The /status document; the app's process tree is read now, off the loop (only /status shows it)."""
+        tree = await run_internal(self._app_tree)
         report = self.shutdown.report
         shutdown = None if report.trigger is None else {
             "trigger": report.trigger, "started": iso(report.started), "outcome": report.outcome,
@@ -98,7 +100,13 @@ class Agent:
                                     "agent": self.own_state()}
         if self.child is not None:
             extra["app_exit_code"] = self.child.exit_code
-        return status_document(self.health, self.app, self.clock(), started_wall=self.started_wall, extra=extra)
+        return status_document(self.health, self.app, self.clock(), started_wall=self.started_wall, tree=tree,
+                               extra=extra)
+
+    def _app_tree(self) -> list[Member]:
+        if self.child is not None:
+            return self.child.tree()
+        return self.app.watched_tree() if self.app is not None else []
 
     def own_state(self) -> dict[str, object]:
         """The agent's own vital signs, for /status."""
@@ -198,8 +206,6 @@ class Agent:
             pid = self.child.start()
             assert self.app is not None and self.child.exited is not None
             self.app.child_pid = pid
-            child = self.child
-            self.app.tree_source = lambda _process: child.tree()
             event(log, logging.INFO, f"started the app: {self.child.description}", pid=pid)
             self.child.exited.add_done_callback(lambda _: self._app_exited())
         self.engine.start()

@@ -44,7 +44,7 @@ class Controls(Protocol):
 class ProbeServer:
     """An aiohttp AppRunner and TCPSite on one address; knows its bound port and closes cleanly."""
 
-    def __init__(self, health: Health, metrics: Metrics, *, status: Callable[[], dict[str, Any]],
+    def __init__(self, health: Health, metrics: Metrics, *, status: Callable[[], Awaitable[dict[str, Any]]],
                  agent_live: Callable[[], list[str]], heartbeats: dict[str, float], controls: Controls,
                  token: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.health, self.metrics, self.status, self.agent_live = health, metrics, status, agent_live
@@ -116,7 +116,7 @@ class ProbeServer:
         return web.Response(text="ok\n", content_type=TEXT)
 
     async def get_status(self, request: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(self.status(), indent=2) + "\n", content_type="application/json")
+        return web.Response(text=json.dumps(await self.status(), indent=2) + "\n", content_type="application/json")
 
     async def get_metrics(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.render(request.headers.get("Accept"))

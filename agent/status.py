@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from agent import __version__
@@ -43,7 +44,7 @@ def member_document(member: Member) -> dict[str, Any]:
     return {"pid": member.pid, "name": member.name, "start_time": iso(member.started)}
 
 
-def app_document(app: AppMonitor | None) -> dict[str, Any] | None:
+def app_document(app: AppMonitor | None, tree: Sequence[Member] = ()) -> dict[str, Any] | None:
     if app is None:
         return None
     sample = app.sample
@@ -52,7 +53,7 @@ def app_document(app: AppMonitor | None) -> dict[str, Any] | None:
         out["error"] = app.error
     target = app.target
     out["target"] = None if target is None else {**member_document(target), "reason": app.reason}
-    out["tree"] = [member_document(m) for m in app.tree] if sample is not None else []
+    out["tree"] = [member_document(m) for m in tree] if sample is not None else []
     if sample is not None:
         out.update(pid=sample.pid, name=sample.name, status=sample.status, start_time=iso(sample.create_time),
                    resident_memory_bytes=sample.rss, threads=sample.threads, open_fds=sample.fds,
@@ -61,7 +62,7 @@ def app_document(app: AppMonitor | None) -> dict[str, Any] | None:
 
 
 def status_document(health: Health, app: AppMonitor | None, now: float, *, started_wall: float,
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                    tree: Sequence[Member] = (), extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole `/status` answer at monotonic time `now`."""
     return {
         "version": __version__,
@@ -72,6 +73,6 @@ def status_document(health: Health, app: AppMonitor | None, now: float, *, start
         "admin_drained": health.admin_drained,
         "probes": {p.value: health.answer(p, now).status == 200 for p in Probe},
         "checks": {name: check_document(state, now, health.slack()) for name, state in health.states.items()},
-        "app": app_document(app),
+        "app": app_document(app, tree),
         **(extra or {}),
     }
