@@ -158,10 +158,8 @@ class Shutdown:
         self._enter(Phase.DRAINING, f"{reason}: readiness fails from now on")
         # 2. The app already gone (its exit was the trigger, or a native sidecar stopped after it): exit at once.
         if app_gone or (target is not None and target.ever_seen and not await target.alive()):
-            stray: list[Member] = await run_internal(target.leftovers) if target is not None else []
-            if target is not None and stray and cfg.relay_signal:
-                await self._stop_leftovers(target)  # exec mode: the app's command exited, part of its tree runs
-                return
+            if target is not None and cfg.relay_signal and await self._stop_leftovers(target):
+                return  # exec mode: the app's command exited, part of its tree ran on and was stopped
             event(log, logging.INFO, f"shutdown ({reason}): the app has already exited, stopping at once",
                   trigger=reason)
             self._finish("gone")
@@ -177,10 +175,8 @@ class Shutdown:
             self._finish("not_relayed")
             return
         if target is None or not await target.alive():
-            stray = [] if target is None else await run_internal(target.leftovers)
-            if target is not None and stray:
-                await self._stop_leftovers(target)  # the app exited during the drain, leaving processes behind
-                return
+            if target is not None and await self._stop_leftovers(target):
+                return  # the app exited during the drain, leaving processes behind, which were stopped
             what = "no app is configured" if target is None else f"the app ({target.description}) is not running"
             event(log, logging.WARNING, f"drain over; {what}, so no signal to relay")
             self._finish("no_app")
@@ -240,7 +236,8 @@ class Shutdown:
         except ProcessLookupError:
             self._signal_logged()
             event(log, logging.INFO, "the app exited before the stop signal")
-            await self._stop_leftovers(target)
+            if not await self._stop_leftovers(target):
+                self._finish("gone")
             return
         except PermissionError:
             # Nothing the agent does can stop the app now: end the sequence, so that /prestop returns
@@ -281,13 +278,13 @@ class Shutdown:
         for callback in waiting:
             callback()
 
-    async def _stop_leftovers(self, target: AppTarget) -> None:
-        """The app exited by itself and left processes behind (exec mode): stop them too, then SIGKILL."""
+    async def _stop_leftovers(self, target: AppTarget) -> bool:
+        """The app exited by itself and left processes behind (exec mode): stop them too, then SIGKILL.
+        False when it left nothing (and nothing was done)."""
         cfg = self.config
         left = await run_internal(target.leftovers)
         if not left:
-            self._finish("gone")
-            return
+            return False
         signum = signal.Signals[cfg.stop_signal]
         reached = await run_internal(signal_each, left, signum)
         event(log, logging.WARNING, f"the app has exited but {describe(left)} still "
@@ -296,10 +293,11 @@ class Shutdown:
         if await self._until(target.wait_exit(cfg.stop_timeout), cfg.stop_timeout):
             event(log, logging.INFO, "the app's remaining processes have exited", stopped_by=cfg.stop_signal)
             self._finish("gone")
-            return
+            return True
         left_now = await run_internal(target.remaining)
         await self._kill(target, f"the app's remaining processes did not exit within stop_timeout "
                                  f"{format_duration(cfg.stop_timeout)}" + (f": {left_now}" if left_now else ""))
+        return True
 
     async def _kill(self, target: AppTarget, why: str) -> None:
         """SIGKILL what is left, name it in the log, and wait (bounded) for it to go."""
