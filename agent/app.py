@@ -119,7 +119,10 @@ class AppMonitor:
         target = Member(pid, self.sample.name if self.sample else "?", created)
         if not target.running():
             raise ProcessLookupError(f"pid {pid} has exited")
-        snapshot = tree_of(psutil.Process(pid))
+        try:
+            snapshot = tree_of(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            raise ProcessLookupError(f"pid {pid} has exited") from None
         if not snapshot or snapshot[0] != target:
             raise ProcessLookupError(f"pid {pid} has exited")
         target = snapshot[0]

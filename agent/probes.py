@@ -26,11 +26,6 @@ class Probe(enum.StrEnum):
         member.initial = initial
         return member
 
-    @classmethod
-    def by_path(cls, path: str) -> Probe | None:
-        """The probe an endpoint name (`livez`, `readyz`, `startupz`) answers, or None."""
-        return next((p for p in cls if p.path == path), None)
-
 
 NAMES = tuple(p.value for p in Probe)
 PATHS = tuple(p.path for p in Probe)

@@ -121,7 +121,7 @@ def signal_group(pgid: int, signum: int, members: Iterable[Member]) -> bool:
     """
     if refusal(pgid) is not None:
         return False
-    if not any(m.running() and _pgid(m.pid) == pgid for m in members):
+    if not any(m.running() and group_of(m.pid) == pgid for m in members):
         return False
     try:
         os.killpg(pgid, signum)
@@ -130,22 +130,19 @@ def signal_group(pgid: int, signum: int, members: Iterable[Member]) -> bool:
     return True
 
 
-def _pgid(pid: int) -> int | None:
+def group_of(pid: int) -> int | None:
+    """The process group of `pid`, or None when it is gone."""
     try:
         return os.getpgid(pid)
     except OSError:
         return None
 
 
-def group_of(pid: int) -> int | None:
-    return _pgid(pid)
-
-
 def group_members(pgid: int) -> list[Member]:
     """Every live process whose process group is `pgid`."""
     found = []
     for process in psutil.process_iter():
-        if _pgid(process.pid) == pgid:
+        if group_of(process.pid) == pgid:
             m = member(process)
             if m is not None:
                 found.append(m)
@@ -185,10 +182,10 @@ def describe(members: Iterable[Member]) -> str:
     return ", ".join(str(m) for m in members)
 
 
-def leftover_message(target: Member | None, left: list[Member], what: str = "the app") -> str:
+def leftover_message(target: Member | None, left: list[Member]) -> str:
     """Say which processes still run, naming the target's own exit when it is not among them."""
     runs = "still run" if len(left) > 1 else "still runs"
     if target is not None and target not in left:
         role = "shell" if target.name in LAUNCHERS else "process"
-        return f"{what}'s {role} {target} exited but {describe(left)} {runs}"
+        return f"the app's {role} {target} exited but {describe(left)} {runs}"
     return f"{describe(left)} {runs}"

@@ -29,11 +29,6 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
-def parse(data: bytes, file: str) -> list[source.Document]:
-    """The YAML documents of one input, each with its line (one place to repoint when the readers merge)."""
-    return source.parse_text(data, file)
-
-
 @dataclass
 class Report:
     """The output text and what to say on stderr."""
@@ -144,7 +139,7 @@ def run(paths: Sequence[str], options: Options, *, undo: bool = False,
     report = Report()
     out: list[str] = []
     for file, data in _inputs(paths, stdin):
-        for doc in parse(data, file):
+        for doc in source.parse_text(data, file):
             out.append(dump(process(doc.body, file, doc.line, change, report)))
     report.text = "---\n".join(out)
     return report

@@ -33,7 +33,6 @@ class Kept:
     """A probe the agent cannot run for the kubelet, and why it stays as it was."""
 
     reason: str
-    exec_probe: bool = False  # an exec probe of the app's own filesystem (recorded in the status annotation)
 
 
 def timing(probe: Mapping[str, Any], kind: str) -> dict[str, Any]:
@@ -77,7 +76,7 @@ def convert(container: Mapping[str, Any], key: str, probe: Mapping[str, Any]) ->
     if handler == "exec":
         found = _grpc_health_probe(action.get("command"))
         if isinstance(found, str):
-            return Kept(found, exec_probe=True)
+            return Kept(found)
         return Converted({"type": "grpc", **found, **timing(probe, kind)})
     if action.get("host"):
         return Kept(f"its host {action['host']!r} sends it away from this pod's loopback, where the agent checks")

@@ -3,7 +3,6 @@ period, and the status annotation that `remove` and a second injection read."""
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Mapping
@@ -204,4 +203,4 @@ def remove(template: Mapping[str, Any]) -> Outcome:
         raise InjectError(f"{STATUS_WHERE}: not the record an injection writes", ("metadata", "annotations", STATUS)) from None
     del result["metadata"]["annotations"][STATUS]
     undo(result, record, STATUS_WHERE)
-    return Outcome(copy.deepcopy(result), True, [])
+    return Outcome(result, True, [])

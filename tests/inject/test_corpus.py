@@ -11,8 +11,9 @@ import yaml
 from kubernetes_validate import utils as kube
 
 from agent.inject import Options
-from agent.inject.documents import parse, run
+from agent.inject.documents import run
 from agent.lint import lint_documents
+from agent.lint.source import parse_text as parse
 
 HERE = pathlib.Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
