@@ -17,13 +17,14 @@ from typing import Any, NoReturn
 
 import yaml
 
-from agent import IMAGE, __version__, checks, logs, threads, watchdog
+from agent import DEFAULT_KUBERNETES, IMAGE, __version__, checks, logs, threads, watchdog
 from agent.checks import PluginError
 from agent.config import CONFIG_TEXT_ENV, DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
 from agent.probes import Probe
 from agent.units import parse_address, parse_duration
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+KUBERNETES = ".".join(map(str, DEFAULT_KUBERNETES))  # the default of --kubernetes-version
 
 
 class UsageError(Exception):
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     inject = sub.add_parser("inject", help="add the agent to every pod template in Kubernetes YAML, printed on stdout")
     inject.add_argument("paths", nargs="*", metavar="FILE|DIR|-", help="YAML files, directories of them, or - for stdin "
                         "(the default)")
-    inject.add_argument("--kubernetes-version", default="1.33", metavar="X.Y",
+    inject.add_argument("--kubernetes-version", default=KUBERNETES, metavar="X.Y",
                         help="the cluster's version: native sidecar from 1.29 (default: %(default)s)")
     inject.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     inject.add_argument("--remove", action="store_true", help="take an injection back out, restoring the pod templates")
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     hook.add_argument("--tls-cert", required=True, metavar="FILE", help="the serving certificate (PEM, chain first)")
     hook.add_argument("--tls-key", required=True, metavar="FILE", help="its private key (PEM)")
     hook.add_argument("--listen", default="0.0.0.0:8443", metavar="ADDR", help="address to serve on (default: %(default)s)")
-    hook.add_argument("--kubernetes-version", default="1.33", metavar="X.Y",
+    hook.add_argument("--kubernetes-version", default=KUBERNETES, metavar="X.Y",
                       help="the cluster's Kubernetes version, which decides the sidecar mode (default: %(default)s)")
     hook.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     return parser
@@ -237,8 +238,10 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         webhook.server_context(args.tls_cert, args.tls_key)
     except webhook.CertificateError as exc:
         raise UsageError(f"sidecar-agent: --tls-cert/--tls-key: {exc}") from None
-    settings = webhook.Settings(cert=args.tls_cert, key=args.tls_key, host=host, port=port, image=args.image.strip(),
-                                kubernetes_version=version)
+    from agent.inject import Options
+
+    settings = webhook.Settings(cert=args.tls_cert, key=args.tls_key, host=host, port=port,
+                                options=Options(image=args.image.strip(), kubernetes_version=version))
     mutate, refusals = webhook.injection(settings)
     logs.setup("info", "json")
     try:

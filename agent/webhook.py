@@ -14,15 +14,15 @@ import signal
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
-from agent import IMAGE
 from agent.admission import BadReview, Decision, Mutate, Review, decide, parse
+from agent.inject.api import Options
 from agent.logs import event
 from agent.units import format_address
 
@@ -50,8 +50,7 @@ class Settings:
     key: str
     host: str = "0.0.0.0"
     port: int = 8443
-    image: str = IMAGE
-    kubernetes_version: tuple[int, int] = (1, 33)
+    options: Options = field(default_factory=Options)  # the image and the Kubernetes version, as `inject` takes them
 
 
 class CertificateError(Exception):
@@ -225,9 +224,9 @@ def _flag(value: bool) -> str:
 
 def injection(settings: Settings) -> tuple[Mutate, tuple[type[Exception], ...]]:
     """The production mutation: agent.inject's, with the image and Kubernetes version of the settings."""
-    from agent.inject import InjectError, Options, Outcome, inject_template  # the same code path as `inject`
+    from agent.inject import InjectError, Outcome, inject_template  # the same code path as `inject`
 
-    options = Options(image=settings.image, kubernetes_version=settings.kubernetes_version)
+    options = settings.options
 
     def mutate(template: Mapping[str, Any]) -> Outcome:
         return inject_template(template, options, kind="Pod")

@@ -5,11 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import IMAGE
-
-# The newest Kubernetes minor the output is written for unless told otherwise: native sidecars are GA there and the
-# preStop sleep action is on by default; an older cluster is named with --kubernetes-version.
-DEFAULT_KUBERNETES = (1, 33)
+from agent import DEFAULT_KUBERNETES, IMAGE
 
 
 class InjectError(Exception):
