@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +76,14 @@ def accepting_port() -> Iterator[int]:
         stop.set()
         thread.join(5)
         server.close()
+
+
+def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
+    """Poll `predicate` until it is true; fail after `timeout` seconds (generous: a bound, not a measure)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.02)
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:

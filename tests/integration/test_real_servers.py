@@ -10,13 +10,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
 
 from agent.testing import AgentProcess, run_agent
-from tests.servers import free_port
+from tests.servers import free_port, until, wait_port
 
 GUNICORN = str(pathlib.Path(sys.executable).parent / "gunicorn")
 
@@ -90,21 +89,6 @@ def messages(agent: AgentProcess) -> list[str]:
     return [r["message"] for r in agent.log_records()]
 
 
-def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.05)
-
-
-def answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def stop_under_load(agent: AgentProcess, port: int, signame: str) -> Load:
     load = Load(port)
     load.start()
@@ -153,7 +137,7 @@ http {{
     config = "shutdown: {drain_delay: 300ms, stop_signal: SIGQUIT, stop_timeout: 30s, grace_period: 60s}\n"
     command = ["--", "nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)]
     with run_agent(config, args=("exec",), extra_args=command) as agent:
-        until(lambda: answers(port))
+        wait_port(port)
         master = psutil.Process(agent.proc.pid).children()[0].pid
         until(lambda: len(workers_of(master)) == 2)
         stop_under_load(agent, port, "SIGQUIT")
@@ -184,7 +168,7 @@ def test_gunicorn_stops_gracefully_with_sigterm_to_its_group(tmp_path: pathlib.P
     port = free_port()
     config = "shutdown: {drain_delay: 300ms, stop_timeout: 30s, grace_period: 60s}\n"
     with run_agent(config, args=("exec",), extra_args=gunicorn(tmp_path, port)) as agent:
-        until(lambda: answers(port))
+        wait_port(port)
         master = psutil.Process(agent.proc.pid).children()[0].pid
         until(lambda: len(workers_of(master)) == 2)
         stop_under_load(agent, port, "SIGTERM")
@@ -197,7 +181,7 @@ def test_gunicorn_ttin_and_usr2_reach_only_the_master(tmp_path: pathlib.Path) ->
     port = free_port()
     config = "shutdown: {drain_delay: 100ms, stop_timeout: 30s, grace_period: 60s}\n"
     with run_agent(config, args=("exec",), extra_args=gunicorn(tmp_path, port)) as agent:
-        until(lambda: answers(port))
+        wait_port(port)
         master = psutil.Process(agent.proc.pid).children()[0].pid
         until(lambda: len(workers_of(master)) == 2)
         first = {p.pid for p in workers_of(master)}
@@ -210,7 +194,8 @@ def test_gunicorn_ttin_and_usr2_reach_only_the_master(tmp_path: pathlib.Path) ->
         until(lambda: any(p.children() for p in workers_of(master) if p.pid not in first))  # it has workers
         for pid in first:
             assert psutil.Process(pid).status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)
-        assert agent.status()["phase"] == "running" and answers(port)
+        assert agent.status()["phase"] == "running"
+        wait_port(port, timeout=2)  # still serving
         agent.signal(signal.SIGTERM)
         assert agent.wait_exit(timeout=60) == 0
         assert not any("SIGKILL" in m for m in messages(agent)), messages(agent)

@@ -10,7 +10,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import psutil
 import pytest
 
 from agent.testing import AgentProcess, run_agent
+from tests.servers import until
 
 APP = str(pathlib.Path(__file__).resolve().parents[1] / "apps" / "app.py")
 TERM = 128 + signal.SIGTERM
@@ -77,13 +77,6 @@ def wrap(tmp_path: pathlib.Path) -> Iterator[Callable[..., Wrapped]]:
                 process = psutil.Process(pid)
                 if wrapped.marker in process.cmdline():  # still this test's app, not a reused pid
                     process.kill()
-
-
-def until(predicate: Callable[[], object], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.02)
 
 
 def started(agent: AgentProcess, wrapped: Wrapped) -> int:
