@@ -43,6 +43,7 @@ class AgentProcess:
     port: int
     lines: list[str] = field(default_factory=list)
     _queue: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    _ended: bool = False
 
     @property
     def url(self) -> str:
@@ -66,7 +67,9 @@ class AgentProcess:
                 line = self._queue.get_nowait()
             except queue.Empty:
                 return self.lines
-            if line is not None:
+            if line is None:
+                self._ended = True
+            else:
                 self.lines.append(line)
 
     def log_records(self) -> list[dict[str, Any]]:
@@ -108,9 +111,16 @@ class AgentProcess:
         return self.wait_exit(timeout)
 
     def wait_exit(self, timeout: float = 15.0) -> int:
+        """The exit code, once the process ended and its output was read to the end."""
         code = self.proc.wait(timeout)
-        self.logs()
-        return code
+        # The pipe is read by a thread: the last lines can arrive after the exit status. A child that
+        # inherited the pipe can hold it open, so the wait for its end is bounded.
+        deadline = time.monotonic() + 5.0
+        while True:
+            self.logs()
+            if self._ended or time.monotonic() > deadline:
+                return code
+            time.sleep(0.01)
 
 
 def http_request(url: str, *, method: str = "GET", headers: Mapping[str, str] | None = None,

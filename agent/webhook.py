@@ -83,7 +83,8 @@ class Certificates:
         self.cert, self.key, self.on_reload = cert, key, on_reload
         self._stamp = self._stat()
         self.current = server_context(cert, key)
-        self.listening = server_context(cert, key)
+        # The listener's own context serves until the first change; a fresh one never needs the callback.
+        self.listening = self.current
         self.listening.sni_callback = self._hello  # called for every ClientHello, with or without SNI
         self._failed: object = None
 

@@ -20,7 +20,6 @@ AGENT_NAME = "sidecar-agent"
 DEFAULT_PORT = 8686
 DAEMONS = ("run", "exec")
 PLACEHOLDER = "lint-placeholder"
-_K8S_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 @dataclass(frozen=True)
@@ -54,12 +53,8 @@ def image_is_agent(image: str) -> bool:
 
 
 def _expand(words: Sequence[str], env: Mapping[str, str | None]) -> list[str]:
-    """Kubernetes' $(VAR) expansion in command and args, for the variables set literally."""
-    def substitute(match: re.Match[str]) -> str:
-        value = env.get(match.group(1))
-        return value if value is not None else match.group(0)
-
-    return [_K8S_VAR.sub(substitute, w) for w in words]
+    """The kubelet's expansion of command and args (`$$`, `$(VAR)`), for the variables set literally."""
+    return [kubelet_env.expand(word, env.get) for word in words]
 
 
 def agent_arguments(container: Container) -> tuple[str, list[str]] | None:

@@ -90,8 +90,10 @@ def test_a_gone_app_fails_and_a_new_one_counts_as_a_restart(marker: str, apps: l
         app = agent.status()["app"]
         assert (app["pid"], app["restarts"]) == (second.pid, 1)
         assert "sidecar_app_restarts_total 1.0" in agent.get("/metrics")[1]
-        assert any(r["message"] == f"the app was restarted: a process that had exited replaced by pid {second.pid}"
-                   for r in agent.log_records())
+        # The log is read from a pipe by a thread: the line can trail the answer the agent gave.
+        agent.wait_for(lambda: any(
+            r["message"] == f"the app was restarted: a process that had exited replaced by pid {second.pid}"
+            for r in agent.log_records()))
 
 
 def test_an_app_over_its_memory_limit_fails(marker: str, apps: list) -> None:  # type: ignore[type-arg]

@@ -233,6 +233,13 @@ def test_kubernetes_expands_variables_in_args() -> None:
     assert lint(config_map(MATCH), pod(app(), container, volumes=CONFIG_VOLUME)) == [("relay-without-shared-pid", "agent")]
 
 
+def test_a_doubled_dollar_in_args_is_a_literal_dollar_as_for_the_kubelet() -> None:
+    container = {**agent(), "args": ["run", "--config", "$$(CONFIG_DIR)/agent.yaml"],
+                 "env": [{"name": "CONFIG_DIR", "value": "/config"}], "volumeMounts": [{"name": "config", "mountPath": "/config"}]}
+    # The agent is given the path `$(CONFIG_DIR)/agent.yaml`, which no volume holds.
+    assert rules_of(lint_objects([config_map(MATCH), pod(app(), container, volumes=CONFIG_VOLUME)])) == ["agent-config-not-found"]
+
+
 def test_a_config_not_in_the_files_is_a_note() -> None:
     [finding] = lint_objects([pod(app(), mounted(agent()), volumes=CONFIG_VOLUME)])
     assert (finding.rule, finding.severity) == ("agent-config-not-found", "info")
