@@ -74,8 +74,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
 def read_config(path: str | None, env: Mapping[str, str], *, app_is_child: bool = False) -> Config:
     """Load the config at `path`, else the one in $SIDECAR_AGENT_CONFIG_YAML (injected pods), else the embedded default."""
     if path is None and env.get(CONFIG_TEXT_ENV):

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.exposition import choose_encoder
 
 from agent.admission import BadReview, Decision, Mutate, Review, decide, parse
-from agent.inject.api import Options
+from agent.inject import InjectError, Options, Outcome, inject_template  # the same code path as `inject`
 from agent.logs import event
 from agent.units import format_address
 
@@ -225,8 +225,6 @@ def _flag(value: bool) -> str:
 
 def injection(settings: Settings) -> tuple[Mutate, tuple[type[Exception], ...]]:
     """The production mutation: agent.inject's, with the image and Kubernetes version of the settings."""
-    from agent.inject import InjectError, Outcome, inject_template  # the same code path as `inject`
-
     options = settings.options
 
     def mutate(template: Mapping[str, Any]) -> Outcome:

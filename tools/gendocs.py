@@ -31,6 +31,8 @@ from agent.metrics import LABEL_VALUES, METRICS, MetricDef  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- END generated: (?P=name) -->)",
                    re.DOTALL)
+
+
 def _flow(value: Any) -> str:
     """A dumped default as it would be written in YAML flow style."""
     if isinstance(value, bool):

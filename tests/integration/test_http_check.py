@@ -22,7 +22,7 @@ class Scripted:
         self.requests: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
+        self.accepted: list[socket.socket] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -35,7 +35,7 @@ class Scripted:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.held.append(conn)  # before anything else, so that stop() can wake and close it
+            self.accepted.append(conn)  # before anything else, so that stop() can wake and close it
             try:
                 data = b""
                 while b"\r\n\r\n" not in data:
@@ -53,12 +53,12 @@ class Scripted:
 
     def stop(self) -> None:
         """Stop accepting, wake the thread wherever it waits, and close every connection once it is done."""
-        for sock in (self.sock, *self.held):
+        for sock in (self.sock, *self.accepted):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self.thread.join(10)
         self.sock.close()
-        for conn in self.held:
+        for conn in self.accepted:
             conn.close()
 
 

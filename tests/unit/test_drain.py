@@ -80,62 +80,48 @@ async def test_the_drain_never_counts_past_its_timeout() -> None:
     assert len(counted_at) == 3 and shutdown.report.outcome == "not_relayed"
 
 
-async def test_a_count_that_hangs_past_the_deadline_is_not_waited_for_nor_started_again() -> None:
-    release = threading.Event()
-    calls: list[int] = []
-
-    def hung_count(port: int) -> int:
-        calls.append(port)
-        release.wait(60)  # a count that does not come back before the drain's timeout
-        return 1
-
-    config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, 0.3))
-    shutdown = Shutdown(Health([], time.monotonic), config, None, connections=hung_count)
-    try:
-        shutdown.trigger("test")
-        await asyncio.wait_for(shutdown.stopped.wait(), 30)  # a bound for a hang only: the drain takes 0.3 s
-        assert shutdown.report.outcome == "not_relayed" and calls == [8080]
-    finally:
-        release.set()
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """Set at the test's end: lets a count left hanging return, so that its thread ends."""
+    event = threading.Event()
+    yield event
+    event.set()
 
 
-async def test_the_last_finished_count_is_reported_when_a_later_one_is_cut_off_by_the_deadline(
-        caplog: pytest.LogCaptureFixture) -> None:
-    release = threading.Event()
+async def drain_until_a_count_hangs(finished: int, timeout: float, release: threading.Event) -> tuple[Shutdown, list[int]]:
+    """A drain of port 8080 whose first `finished` counts find 500 connections and whose next one does not come
+    back before the drain's `timeout`; the shutdown once over, and the ports counted."""
     calls: list[int] = []
 
     def count(port: int) -> int:
         calls.append(port)
-        if len(calls) > 1:
-            release.wait(60)  # the second count does not come back before the drain's timeout
+        if len(calls) > finished:
+            release.wait(60)
         return 500
 
-    # 2 s: room for the first count's thread on a loaded machine; the hung second one is released at the end.
-    config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, 2.0))
+    config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, timeout))
     shutdown = Shutdown(Health([], time.monotonic), config, None, connections=count)
-    try:
-        with caplog.at_level("WARNING", logger="agent.shutdown"):
-            shutdown.trigger("test")
-            await asyncio.wait_for(shutdown.stopped.wait(), 30)
-        assert len(calls) == 2
-        assert "500 connections on port 8080 still open after 2s; going on" in caplog.messages
-    finally:
-        release.set()
+    shutdown.trigger("test")
+    await asyncio.wait_for(shutdown.stopped.wait(), 30)  # a bound for a hang only: the drain takes `timeout`
+    return shutdown, calls
 
 
-async def test_a_drain_whose_connections_could_never_be_counted_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    release = threading.Event()
+async def test_a_count_that_hangs_past_the_deadline_is_not_waited_for_nor_started_again(release: threading.Event) -> None:
+    shutdown, calls = await drain_until_a_count_hangs(0, 0.3, release)
+    assert shutdown.report.outcome == "not_relayed" and calls == [8080]
 
-    def hung_count(port: int) -> int:
-        release.wait(60)
-        return 1
 
-    config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, 0.3))
-    shutdown = Shutdown(Health([], time.monotonic), config, None, connections=hung_count)
-    try:
-        with caplog.at_level("WARNING", logger="agent.shutdown"):
-            shutdown.trigger("test")
-            await asyncio.wait_for(shutdown.stopped.wait(), 30)
-        assert "the connections on port 8080 could not be counted within 300ms; going on" in caplog.messages
-    finally:
-        release.set()
+async def test_the_last_finished_count_is_reported_when_a_later_one_is_cut_off_by_the_deadline(
+        caplog: pytest.LogCaptureFixture, release: threading.Event) -> None:
+    # 2 s: room for the first count's thread on a loaded machine.
+    with caplog.at_level("WARNING", logger="agent.shutdown"):
+        _, calls = await drain_until_a_count_hangs(1, 2.0, release)
+    assert len(calls) == 2
+    assert "500 connections on port 8080 still open after 2s; going on" in caplog.messages
+
+
+async def test_a_drain_whose_connections_could_never_be_counted_says_so(caplog: pytest.LogCaptureFixture,
+                                                                       release: threading.Event) -> None:
+    with caplog.at_level("WARNING", logger="agent.shutdown"):
+        await drain_until_a_count_hangs(0, 0.3, release)
+    assert "the connections on port 8080 could not be counted within 300ms; going on" in caplog.messages
