@@ -36,7 +36,7 @@ from agent.probes import NAMES as PROBE_NAMES
 from agent.probes import Probe
 from agent.yamlread import YamlError, read_document
 
-__all__ = ["DEFAULT_CONFIG", "CheckSpec", "Config", "ConfigError", "dump", "json_schema", "load"]
+__all__ = ["DEFAULT_CONFIG", "CheckSpec", "Config", "ConfigError", "dump", "json_schema", "load", "load_tree"]
 
 CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # The config as text in the environment (an injected agent container carries it there: no ConfigMap needed).
@@ -244,7 +244,11 @@ def parse_yaml(data: bytes | str) -> Any:
 
 def load(data: bytes | str, env: Mapping[str, str], *, app_is_child: bool = False) -> Config:
     """Parse and validate a config; raise ConfigError listing every problem with its key path."""
-    tree = parse_yaml(data)
+    return load_tree(parse_yaml(data), env, app_is_child=app_is_child)
+
+
+def load_tree(tree: Any, env: Mapping[str, str], *, app_is_child: bool = False) -> Config:
+    """Validate a config already read from YAML (plain dicts, lists and YAML's scalars), as `load` does its text."""
     problems = Problems()
     if tree is None:
         tree = {}

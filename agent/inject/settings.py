@@ -1,5 +1,5 @@
 """The agent's config for one pod: the checks made from its probes, merged with the `sidecar-agent.io/checks`
-annotation, validated as a config file is (agent.config.load), and the app env entries its `${VAR}`s need."""
+annotation, validated as a config file is (agent.config.load_tree), and the app env entries its `${VAR}`s need."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from agent import checks
-from agent.config import Config, ConfigError, load, parse_yaml
+from agent.config import Config, ConfigError, load_tree, parse_yaml
 from agent.fields import env_references
 from agent.inject.api import InjectError
 from agent.inject.edits import plain
@@ -115,9 +115,11 @@ def _from_variable(config: Mapping[str, Any], path: str) -> bool:
 
 
 def _load(config: Mapping[str, Any], env: Mapping[str, str]) -> Config:
+    # The tree itself, not its YAML text: the safe dumper and reader give back the same plain values, and reading
+    # the text again was half of an admission review's time.
     body = dict(config)
     body["checks"] = {n: b for n, b in dict(body.get("checks") or {}).items() if not _not_installed(b)}
-    return load(_text(body), env)
+    return load_tree(body, env)
 
 
 def _not_installed(body: object) -> bool:
