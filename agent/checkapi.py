@@ -59,7 +59,7 @@ class Check(Protocol):
 
 
 class ProcessSample(Protocol):
-    """The app process as last seen (agent.app.AppSample)."""
+    """The app process as last seen (agent.process.monitor.AppSample)."""
 
     @property
     def pid(self) -> int: ...
@@ -76,7 +76,7 @@ class ProcessSample(Protocol):
 
 
 class AppView(Protocol):
-    """What a check may use of the app monitor (agent.app.AppMonitor)."""
+    """What a check may use of the app monitor (agent.process.monitor.AppMonitor)."""
 
     @property
     def description(self) -> str: ...  # how the app is found, for messages: `pidfile /run/app.pid`
@@ -87,7 +87,7 @@ class AppView(Protocol):
 
 
 class ChildReaper(Protocol):
-    """What a check may use of the reaper (agent.reaper.Reaper), which owns waitpid for every child.
+    """What a check may use of the reaper (agent.process.reaper.Reaper), which owns waitpid for every child.
 
     A check that starts a process registers its pid at once and awaits the future for its raw wait status.
     """

@@ -17,10 +17,11 @@ from typing import Any, NoReturn
 
 import yaml
 
-from agent import DEFAULT_KUBERNETES, IMAGE, __version__, checks, logs, threads, watchdog
+from agent import DEFAULT_KUBERNETES, IMAGE, __version__, checks, logs
 from agent.checks import PluginError
 from agent.config import CONFIG_TEXT_ENV, DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
 from agent.probes import Probe
+from agent.runtime import threads, watchdog
 from agent.units import parse_address, parse_duration
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
@@ -129,8 +130,8 @@ def cmd_exec(args: argparse.Namespace, env: Mapping[str, str]) -> NoReturn:
 
 def _serve(args: argparse.Namespace, env: Mapping[str, str], command: list[str] | None) -> NoReturn:
     """Run the agent until it stops, then end the process with its exit code (os._exit: it never returns)."""
-    from agent.daemon import serve  # the server stack loads only for commands that serve
-    from agent.supervisor import SpawnError
+    from agent.process.supervisor import SpawnError
+    from agent.runtime.daemon import serve  # the server stack loads only for commands that serve
 
     path = args.config or env.get("SIDECAR_AGENT_CONFIG")
     listen = args.listen or env.get("SIDECAR_AGENT_LISTEN")
@@ -223,7 +224,7 @@ def parse_kubernetes_version(text: str) -> tuple[int, int]:
 
 
 def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from agent import webhook  # the server stack and jsonpatch load only for this command
+    from agent.webhook import server as webhook  # the server stack and jsonpatch load only for this command
 
     version = parse_kubernetes_version(args.kubernetes_version)
     try:

@@ -48,11 +48,11 @@ def real_injection() -> bool:
 
 
 def serve(cert: str, key: str, port: int) -> int:
-    """The server process: agent.webhook.serve with agent.inject, or with the tests' mutation when it is absent."""
+    """The server process: agent.webhook.server.serve with agent.inject, or with the tests' mutation when it is absent."""
     from agent import logs
     from agent.cli import _run_loop
-    from agent.webhook import Settings, injection
-    from agent.webhook import serve as serve_webhook
+    from agent.webhook.server import Settings, injection
+    from agent.webhook.server import serve as serve_webhook
 
     settings = Settings(cert=cert, key=key, host="127.0.0.1", port=port)
     if real_injection():

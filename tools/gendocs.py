@@ -27,7 +27,7 @@ from agent.fields import (  # noqa: E402
     Section,
 )
 from agent.lint.findings import RULES, Rule  # noqa: E402
-from agent.metrics import LABEL_VALUES, METRICS, MetricDef  # noqa: E402
+from agent.runtime.metrics import LABEL_VALUES, METRICS, MetricDef  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- END generated: (?P=name) -->)",
                    re.DOTALL)

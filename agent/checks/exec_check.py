@@ -12,7 +12,7 @@ from typing import IO
 
 from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType, ChildReaper
 from agent.fields import Field, ListOf, Str, StrMap
-from agent.reaper import exit_code, kill_quietly
+from agent.process.reaper import exit_code, kill_quietly
 
 MAX_OUTPUT = 4096  # bytes of combined stdout/stderr kept, from the end
 REAP_BOUND = 5.0

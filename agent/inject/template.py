@@ -10,11 +10,12 @@ from typing import Any
 
 import yaml
 
-from agent import __version__, kubelet_env
+from agent import __version__
 from agent.inject import container as agent_spec
 from agent.inject import hooks, probes, settings
 from agent.inject.api import InjectError, Options, Outcome
 from agent.inject.edits import Editor, Path, plain, undo, walk
+from agent.kube import kubelet_env
 from agent.lint.rules_shutdown import GRACE_MARGIN_SECONDS
 
 STATUS = "sidecar-agent.io/status"

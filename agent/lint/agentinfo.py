@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import yaml
 
-from agent import checks, kubelet_env
+from agent import checks
 from agent.config import CONFIG_TEXT_ENV, DEFAULT_CONFIG, Config, ConfigError, load, parse_yaml
 from agent.fields import env_references
+from agent.kube import kubelet_env
 from agent.lint.commands import option, simple_commands
 from agent.lint.model import Container, DataObject, Pod, Workload
 from agent.units import parse_address

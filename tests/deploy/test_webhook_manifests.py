@@ -26,7 +26,7 @@ from kubernetes_validate import utils as kube
 
 import agent
 from agent.cli import _parser
-from agent.webhook import MAX_BODY, SHUTDOWN_SECONDS, Certificates, WebhookMetrics, WebhookServer
+from agent.webhook.server import MAX_BODY, SHUTDOWN_SECONDS, Certificates, WebhookMetrics, WebhookServer
 from tests.deploy.crds import SCHEMAS
 from tests.deploy.manifests import ROOT, WEBHOOK, documents
 from tests.webhook.mutation import Refused, add_agent

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import kubelet_env
 from agent.inject import Options, inject_template
+from agent.kube import kubelet_env
 from agent.testing import run_agent
 from tests.e2e.pod import NETWORK_ERRORS, Clients, Endpoint, ProbeWorker, Service, http_get, start_web_app, wait_until
 

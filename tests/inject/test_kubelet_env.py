@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.kubelet_env import escape, expand
+from agent.kube.kubelet_env import escape, expand
 
 
 @given(st.text(alphabet="$(){}AB_ \n:x", max_size=40))

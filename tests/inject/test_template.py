@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import IMAGE, kubelet_env
+from agent import IMAGE
 from agent.config import load
 from agent.inject import InjectError, Options, inject_template, remove_template
+from agent.kube import kubelet_env
 
 TEMPLATE = """
 metadata: {labels: {app: shop}}

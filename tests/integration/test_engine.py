@@ -7,11 +7,11 @@ import time
 
 from agent.checks import CheckContext
 from agent.config import load
-from agent.engine import Engine
-from agent.health import Health, Outcome
 from agent.logs import Scrubber
-from agent.metrics import Metrics
-from agent.reaper import Reaper
+from agent.process.reaper import Reaper
+from agent.runtime.engine import Engine
+from agent.runtime.health import Health, Outcome
+from agent.runtime.metrics import Metrics
 
 CONFIG = """
 checks:

@@ -119,7 +119,7 @@ def test_a_plugin_check_is_created_and_run_with_what_the_engine_passes(tmp_path:
         import asyncio, pathlib, time
         from agent.checks import CheckContext, load_type
         from agent.config import load
-        from agent.reaper import Reaper
+        from agent.process.reaper import Reaper
         spec = load(pathlib.Path({str(config)!r}).read_bytes(), {{}}).check("theirs")
         check = load_type(spec.type).create(spec, CheckContext(None, {{}}, time.monotonic, Reaper()))
         print(asyncio.run(check.run()))
@@ -193,7 +193,7 @@ def test_entry_points_are_read_on_first_use_not_at_import(tmp_path: pathlib.Path
         calls = []
         real = importlib.metadata.entry_points
         importlib.metadata.entry_points = lambda **kw: calls.append(kw) or real(**kw)
-        import agent.cli, agent.config, agent.checks, agent.engine, agent.lint
+        import agent.cli, agent.config, agent.checks, agent.runtime.engine, agent.lint
         assert calls == [], calls
         agent.checks.type_names()
         assert calls == [{"group": "sidecar_agent.checks"}], calls

@@ -14,7 +14,7 @@ import pytest
 
 from agent.checks import CheckContext, CheckFailure, load_type
 from agent.config import load
-from agent.reaper import Reaper
+from agent.process.reaper import Reaper
 from agent.testing import run_agent
 
 SLEEPER = "import time, sys; time.sleep(600)"

@@ -13,11 +13,11 @@ import pytest
 from agent.checks import CheckContext, CheckFailure
 from agent.checks.tcp_check import Params, TcpCheck
 from agent.config import load
-from agent.engine import Engine
-from agent.health import Health, Outcome
 from agent.logs import Scrubber
-from agent.metrics import Metrics
-from agent.reaper import Reaper
+from agent.process.reaper import Reaper
+from agent.runtime.engine import Engine
+from agent.runtime.health import Health, Outcome
+from agent.runtime.metrics import Metrics
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from agent.config import COMMON, DEFAULT_CONFIG, TOP, load
 from agent.fields import Bool, Duration, Field, Problems, Str, parse_mapping
 from agent.lint import lint_paths
 from agent.lint.findings import ERROR, RULES, Rule
-from agent.metrics import METRICS, MetricDef
+from agent.runtime.metrics import METRICS, MetricDef
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from agent.config import DrainConnections, ShutdownConfig
-from agent.health import Health
-from agent.shutdown import Shutdown, established_connections
+from agent.runtime.health import Health
+from agent.runtime.shutdown import Shutdown, established_connections
 from agent.testing import FakeClock
 
 

@@ -1,8 +1,8 @@
 """The pure core: kubelet thresholds, staleness and probe aggregation, on a fake clock."""
 
 from agent.config import load
-from agent.health import MAX_BODY, Health, Outcome, Result
-from agent.phases import Phase
+from agent.runtime.health import MAX_BODY, Health, Outcome, Result
+from agent.runtime.phases import Phase
 from agent.testing import FakeClock
 
 CONFIG = """

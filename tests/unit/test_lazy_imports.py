@@ -7,7 +7,7 @@ LOADS_A_CONFIG = """
 import sys
 from agent.config import load
 load("checks: {web: {type: http, url: 'http://127.0.0.1:1/'}, port: {type: tcp, address: '127.0.0.1:1'}}", {})
-import agent.daemon
+import agent.runtime.daemon
 print(sorted(m for m in ("importlib.metadata", "ctypes", "difflib") if m in sys.modules))
 """
 

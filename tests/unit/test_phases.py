@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.phases import IllegalTransition, Lifecycle, Phase
+from agent.runtime.phases import IllegalTransition, Lifecycle, Phase
 from agent.testing import FakeClock
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from agent.tree import (
+from agent.process.tree import (
     Member,
     group_is_foreign,
     group_members,

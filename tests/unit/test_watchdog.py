@@ -5,8 +5,8 @@ import os
 import time
 from pathlib import Path
 
+from agent.runtime.watchdog import SLOT, SLOTS, TICK, Watchdog, WatchedSelector, new_event_loop
 from agent.testing import FakeClock, run_agent
-from agent.watchdog import SLOT, SLOTS, TICK, Watchdog, WatchedSelector, new_event_loop
 
 
 class Recorder:

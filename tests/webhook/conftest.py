@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agent.webhook import Certificates, WebhookMetrics, WebhookServer
+from agent.webhook.server import Certificates, WebhookMetrics, WebhookServer
 from tests.servers import Certs
 from tests.webhook.mutation import Refused, add_agent
 from tests.webhook.reviews import client_context

@@ -9,7 +9,7 @@ import sys
 
 from agent import logs
 from agent.cli import _run_loop
-from agent.webhook import Settings, serve
+from agent.webhook.server import Settings, serve
 from tests.webhook.mutation import Refused, add_agent
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""agent.admission without a server: the patch between any pod template and any mutation of it is exact, the
+"""agent.webhook.admission without a server: the patch between any pod template and any mutation of it is exact, the
 mutation gets a copy, and a refusal or an unexpected error is told apart."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.admission import BadReview, Review, decide, parse
+from agent.webhook.admission import BadReview, Review, decide, parse
 from tests.webhook.mutation import Refused, Result
 from tests.webhook.reviews import patched, pod
 

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.admission import MAX_WARNING
-from agent.webhook import MAX_BODY
+from agent.webhook.admission import MAX_WARNING
+from agent.webhook.server import MAX_BODY
 from tests.webhook.conftest import Running, TlsPair
 from tests.webhook.mutation import CHECKS, OPT, STATUS, add_agent
 from tests.webhook.reviews import client_context, patched, pod, review

@@ -11,9 +11,9 @@ from typing import Any
 
 from agent.checks import Check, CheckContext, CheckFailure, CheckTimeout, load_type
 from agent.config import CheckSpec
-from agent.health import Health, Outcome, Result
 from agent.logs import Scrubber, event
-from agent.metrics import Metrics
+from agent.runtime.health import Health, Outcome, Result
+from agent.runtime.metrics import Metrics
 from agent.units import format_duration, one_line
 
 log = logging.getLogger("agent.engine")

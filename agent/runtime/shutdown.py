@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.config import ShutdownConfig
-from agent.health import Health
 from agent.logs import event
-from agent.phases import ALLOWED, Phase
-from agent.threads import run_internal
-from agent.tree import Member, describe, signal_each
+from agent.process.tree import Member, describe, signal_each
+from agent.runtime.health import Health
+from agent.runtime.phases import ALLOWED, Phase
+from agent.runtime.threads import run_internal
 from agent.units import format_duration
 
 log = logging.getLogger("agent.shutdown")

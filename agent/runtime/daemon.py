@@ -12,22 +12,22 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
-from agent.app import AppMonitor, AppSample
 from agent.checks import CheckContext
 from agent.config import Config, ShutdownConfig
-from agent.engine import Engine
-from agent.health import Health
 from agent.logs import Scrubber, event
-from agent.metrics import Metrics
-from agent.phases import Phase
-from agent.reaper import Reaper, become_subreaper
-from agent.server import ProbeServer
-from agent.shutdown import Shutdown
-from agent.status import iso, status_document
-from agent.supervisor import FORWARDED, AppSupervisor
-from agent.threads import install_default_executor, run_internal
-from agent.tree import Member, describe, leftover_message
-from agent.watchdog import Watchdog
+from agent.process.monitor import AppMonitor, AppSample
+from agent.process.reaper import Reaper, become_subreaper
+from agent.process.supervisor import FORWARDED, AppSupervisor
+from agent.process.tree import Member, describe, leftover_message
+from agent.runtime.engine import Engine
+from agent.runtime.health import Health
+from agent.runtime.metrics import Metrics
+from agent.runtime.phases import Phase
+from agent.runtime.server import ProbeServer
+from agent.runtime.shutdown import Shutdown
+from agent.runtime.status import iso, status_document
+from agent.runtime.threads import install_default_executor, run_internal
+from agent.runtime.watchdog import Watchdog
 
 log = logging.getLogger("agent")
 

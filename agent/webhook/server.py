@@ -1,6 +1,6 @@
 """The mutating admission webhook: HTTPS, `POST /inject`, `GET /healthz`, `GET /metrics`, certificates that follow their files.
 
-The decision itself is agent.admission's; this module is the server around it: TLS, body limit, logs,
+The decision itself is agent.webhook.admission's; this module is the server around it: TLS, body limit, logs,
 metrics, and the process's lifetime (SIGTERM or SIGINT stops it cleanly).
 """
 
@@ -21,10 +21,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
-from agent.admission import BadReview, Decision, Mutate, Review, decide, parse
 from agent.inject import InjectError, Options, Outcome, inject_template  # the same code path as `inject`
 from agent.logs import event
 from agent.units import format_address
+from agent.webhook.admission import BadReview, Decision, Mutate, Review, decide, parse
 
 log = logging.getLogger("agent.webhook")
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import psutil
 
-from agent.reaper import Reaper, exit_code
-from agent.threads import run_internal
-from agent.tree import Member, kill_all, leftover_message, member, signal_group, signal_member, tree_of
+from agent.process.reaper import Reaper, exit_code
+from agent.process.tree import Member, kill_all, leftover_message, member, signal_group, signal_member, tree_of
+from agent.runtime.threads import run_internal
 
 # Signals the agent handles itself: SIGTERM/SIGINT start the ordered shutdown, SIGHUP reloads the agent's
 # config, SIGCHLD is the reaper's. Every other catchable signal is forwarded to the child, as tini does.

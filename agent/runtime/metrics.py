@@ -11,11 +11,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-from agent.app import AppMonitor
 from agent.config import CheckSpec
-from agent.health import Health, Outcome, Result
-from agent.phases import Phase
 from agent.probes import Probe
+from agent.process.monitor import AppMonitor
+from agent.runtime.health import Health, Outcome, Result
+from agent.runtime.phases import Phase
 
 SHUTDOWN_OUTCOMES = ("exited", "killed", "gone", "denied", "no_app", "not_relayed")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from agent.config import CheckSpec
-from agent.phases import Lifecycle, Phase
 from agent.probes import Probe, named
+from agent.runtime.phases import Lifecycle, Phase
 from agent.units import format_duration, one_line
 
 MAX_BODY = 10 * 1024  # the kubelet reads at most 10 KiB of a probe's body

@@ -13,8 +13,7 @@ import psutil
 
 from agent.config import AppMatch
 from agent.logs import event
-from agent.threads import run_internal
-from agent.tree import (
+from agent.process.tree import (
     Member,
     group_is_foreign,
     group_members,
@@ -29,6 +28,7 @@ from agent.tree import (
     still_running,
     tree_of,
 )
+from agent.runtime.threads import run_internal
 
 log = logging.getLogger("agent.app")
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent import __version__
-from agent.app import AppMonitor
-from agent.health import CheckState, Health
 from agent.probes import Probe
-from agent.tree import Member
+from agent.process.monitor import AppMonitor
+from agent.process.tree import Member
+from agent.runtime.health import CheckState, Health
 from agent.units import format_time
 
 

@@ -11,10 +11,10 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from agent.health import Answer, Health
 from agent.logs import event
-from agent.metrics import Metrics
 from agent.probes import Probe
+from agent.runtime.health import Answer, Health
+from agent.runtime.metrics import Metrics
 from agent.units import is_loopback_host
 
 log = logging.getLogger("agent.server")
@@ -23,7 +23,7 @@ TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
 class PrestopWait(Protocol):
-    """What /prestop needs of the shutdown sequence (agent.shutdown.Shutdown)."""
+    """What /prestop needs of the shutdown sequence (agent.runtime.shutdown.Shutdown)."""
 
     async def wait_for_prestop(self, *, bounded: bool = False) -> str | None: ...
 
