@@ -15,16 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.config import EndpointsConfig
+from agent.kube.drain import EndedBy, Ending, timer
 
 SERVICE_LABEL = "kubernetes.io/service-name"
-
-
-class EndedBy(enum.Enum):
-    """What ended a drain: the label of sidecar_shutdown_drain_seconds."""
-
-    ENDPOINTS = "endpoints"  # the API showed the pod out of every slice, and the margin passed
-    TIMER = "timer"  # drain_delay: no API access, or the pod still listed as ready at the maximum
-    MIN = "min"  # the pod was out (or never in) before min passed
 
 
 class Action(enum.Enum):
@@ -108,6 +101,10 @@ class SliceTracker:
         self.out_since: float | None = None
         self.version = 0  # bumped at every change of the pod's routing, for waiters
 
+    def pod_in(self, obj: Mapping[str, Any]) -> bool:
+        """Whether a slice object lists this pod (a list keeps only those)."""
+        return listing_of(obj, self.pod) is not None
+
     @property
     def routed(self) -> bool:
         return any(listing.ready for listing in self.listings.values())
@@ -164,15 +161,6 @@ class SliceTracker:
                 "slices": [listing.document() for _, listing in sorted(self.listings.items())]}
 
 
-@dataclass(frozen=True)
-class Ending:
-    """When the drain ends (monotonic) and what ends it."""
-
-    at: float
-    ended_by: EndedBy
-    why: str
-
-
 def drain_end(started: float, drain_delay: float, cfg: EndpointsConfig | None, tracker: SliceTracker | None) -> Ending:
     """`max(started + min, t_out + margin)`, never later than `started + drain_delay`.
 
@@ -181,10 +169,10 @@ def drain_end(started: float, drain_delay: float, cfg: EndpointsConfig | None, t
     """
     cap = started + drain_delay
     if cfg is None or tracker is None or not tracker.synced:
-        return Ending(cap, EndedBy.TIMER, "the timer (drain_delay)")
+        return timer(started, drain_delay)
     floor = started + min(cfg.min, drain_delay)
     if tracker.routed:
-        return Ending(cap, EndedBy.TIMER, "the pod is still ready in an EndpointSlice")
+        return timer(started, drain_delay, "the pod is still ready in an EndpointSlice")
     if tracker.out_since is None:
         return Ending(floor, EndedBy.MIN, "the pod is in no EndpointSlice")
     at = tracker.out_since + cfg.margin

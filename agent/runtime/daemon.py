@@ -11,6 +11,7 @@ import resource
 import signal
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from agent.checks import CheckContext
 from agent.config import Config, ShutdownConfig
@@ -28,6 +29,9 @@ from agent.runtime.shutdown import Shutdown
 from agent.runtime.status import iso, status_document
 from agent.runtime.threads import install_default_executor, run_internal
 from agent.runtime.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from agent.kube.endpoints_client import EndpointsWatch
 
 log = logging.getLogger("agent")
 
@@ -70,8 +74,16 @@ class Agent:
         self.engine = Engine(self.health, self.metrics, context, scrub, clock)
         self.watchdog = Watchdog(self.metrics.loop_lag, clock)
         self.engine.on_result(self._maybe_running)
+        self.endpoints: EndpointsWatch | None = None
+        if config.shutdown.follows_endpoints:
+            assert config.shutdown.endpoints is not None
+            from agent.kube import endpoints_client  # only with the feature: nothing more is imported otherwise
+
+            self.endpoints = endpoints_client.build(config.shutdown.endpoints, os.environ, clock=clock,
+                                                    on_live=lambda live: self.metrics.endpoints_up.set(float(live)))
         self.shutdown = Shutdown(self.health, self._shutdown_config(config), self.child or self.app,
-                                 on_outcome=self.metrics.count_shutdown, clock=clock)
+                                 on_outcome=self.metrics.count_shutdown, on_drain=self.metrics.observe_drain,
+                                 endpoints=self.endpoints, clock=clock)
         self.server = ProbeServer(self.health, self.metrics, status=self.status, agent_live=self.agent_problems,
                                   heartbeats=self.heartbeats, controls=self, token=config.admin.token, clock=clock)
         self._watcher: asyncio.Task[None] | None = None
@@ -95,9 +107,12 @@ class Agent:
         report = self.shutdown.report
         shutdown = None if report.trigger is None else {
             "trigger": report.trigger, "started": iso(report.started), "outcome": report.outcome,
-            "error": report.error, "signalled_after_seconds": report.signalled_after}
+            "error": report.error, "signalled_after_seconds": report.signalled_after,
+            "drained_after_seconds": report.drained_after, "drain_ended_by": report.drain_ended_by,
+            "pod_deleted": report.pod_deleted}
         extra: dict[str, object] = {"mode": "exec" if self.child else "run", "shutdown": shutdown,
-                                    "agent": self.own_state()}
+                                    "agent": self.own_state(),
+                                    "endpoints": None if self.endpoints is None else self.endpoints.document()}
         if self.child is not None:
             extra["app_exit_code"] = self.child.exit_code
         return status_document(self.health, self.app, self.clock(), started_wall=self.started_wall, tree=tree,
@@ -125,6 +140,21 @@ class Agent:
 
     def trigger(self, reason: str) -> None:
         self.shutdown.trigger(reason)
+
+    async def pod_deleted(self) -> bool | None:
+        """Whether the API shows the pod's deletionTimestamp (None without API access); kept in the report.
+
+        True tells a pod deletion from a container restart (a liveness or startup kill runs the hook too); False
+        alone does not prove a restart (a node shutdown or an eviction sets no deletionTimestamp first)."""
+        if self.endpoints is None:
+            return None
+        deleted = await self.endpoints.pod_deleted()
+        if deleted is not None and self.shutdown.report.pod_deleted is None:
+            self.shutdown.report.pod_deleted = deleted
+            event(log, logging.INFO, "the API shows the pod's deletion" if deleted else
+                  "the API shows no deletion of the pod (a container restart, a node shutdown or an eviction)",
+                  pod_deleted=deleted)
+        return deleted
 
     def set_drained(self, drained: bool) -> None:
         if drained != self.health.admin_drained:
@@ -160,6 +190,9 @@ class Agent:
         notes = [f"{key} changed: restart the agent to apply it" for key, same in (
             ("listen", new.listen == old.listen), ("app", new.app == old.app),
             ("agent", new.agent == old.agent)) if not same]
+        if new.shutdown.endpoints != old.shutdown.endpoints:
+            notes.append("shutdown.endpoints changed: restart the agent to apply it")
+            new = dataclasses.replace(new, shutdown=dataclasses.replace(new.shutdown, endpoints=old.shutdown.endpoints))
         if new.shutdown != old.shutdown:
             if self.shutdown.running:
                 notes.append("shutdown changed, but the shutdown already runs: kept the old settings")
@@ -209,6 +242,8 @@ class Agent:
             event(log, logging.INFO, f"started the app: {self.child.description}", pid=pid)
             self.child.exited.add_done_callback(lambda _: self._app_exited())
         self.engine.start()
+        if self.endpoints is not None:
+            self.endpoints.start()
         if self.app is not None:
             self._watcher = asyncio.create_task(self._watch_app(), name="app-watcher")
 
@@ -216,6 +251,8 @@ class Agent:
         """1. finish the shutdown task and any reload, 2. stop the pollers, 3. stop watching the app,
         4. close the listener, 5. stop the watchdog, 6. make sure the child (exec mode) is gone and reaped."""
         await self.shutdown.close()
+        if self.endpoints is not None:
+            await self.endpoints.close()
         for task in list(self._reloads):
             task.cancel()
         await asyncio.gather(*self._reloads, return_exceptions=True)

@@ -36,6 +36,8 @@ class Controls(Protocol):
 
     def trigger(self, reason: str) -> None: ...
 
+    async def pod_deleted(self) -> bool | None: ...
+
     def set_drained(self, drained: bool) -> None: ...
 
     async def reload(self, source: str) -> tuple[bool, str]: ...
@@ -152,6 +154,9 @@ class ProbeServer:
     async def prestop(self, request: web.Request) -> web.Response:
         """Start the sequence and hold the kubelet's preStop hook until the app is stopped (or the drain is over)."""
         self.controls.trigger("GET /prestop")
+        # After the trigger, so readiness fails without waiting on the API: whether the pod is being deleted (with
+        # shutdown.endpoints and API access), for /status and the log.
+        await self.controls.pod_deleted()
         outcome = await self.controls.shutdown.wait_for_prestop()
         return web.Response(text=f"shutdown: {outcome}\n", content_type=TEXT)
 

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from agent.config import EndpointsConfig
+from agent.kube.drain import EndedBy
 from agent.kube.endpoints_state import (
     Action,
-    EndedBy,
     PodIdentity,
     SliceTracker,
     drain_end,
