@@ -99,8 +99,11 @@ class EndpointsWatch:
 
     def __init__(self, cfg: EndpointsConfig, access: ApiAccess | None, pod: PodIdentity | None, *,
                  reason: str | None = None, clock: Callable[[], float],
-                 on_live: Callable[[bool], None] = lambda live: None) -> None:
+                 on_live: Callable[[bool], None] = lambda live: None, watch_seconds: int = WATCH_SECONDS,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.cfg, self.access, self.pod, self.clock, self.on_live = cfg, access, pod, clock, on_live
+        self.watch_seconds, self.request_timeout = watch_seconds, request_timeout
+        self.lists = self.watches = 0  # completed lists, watches answered 200: for /status and the tests
         self.tracker = SliceTracker(pod or PodIdentity(""), clock)
         self.state = WatchState.STARTING if access is not None and pod is not None else WatchState.OFF
         self.reason = reason
@@ -128,7 +131,8 @@ class EndpointsWatch:
     def document(self) -> dict[str, Any]:
         """For /status: the watch's state, why it is not live, and the slices the pod is in."""
         return {"enabled": self.cfg.enabled.value, "state": self.state.value, "live": self.live,
-                "reason": self.reason, "min_seconds": self.cfg.min, "margin_seconds": self.cfg.margin,
+                "reason": self.reason, "lists": self.lists, "watches": self.watches,
+                "min_seconds": self.cfg.min, "margin_seconds": self.cfg.margin,
                 "resource_version": self.tracker.resource_version, **self.tracker.document()}
 
     async def pod_deleted(self) -> bool | None:
@@ -138,7 +142,7 @@ class EndpointsWatch:
             return None
         url = POD.format(namespace=quote(self.pod.namespace), name=quote(self.pod.name))
         try:
-            async with asyncio.timeout(POD_TIMEOUT):
+            async with asyncio.timeout(min(POD_TIMEOUT, self.request_timeout)):
                 pod = await self._get_json(url)
         except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             event(log, logging.WARNING, f"could not read the pod's deletionTimestamp: {_why(exc)}")
@@ -206,7 +210,7 @@ class EndpointsWatch:
         token = ""
         while True:
             query = f"?limit={PAGE}" + (f"&continue={quote(token)}" if token else "")
-            async with asyncio.timeout(REQUEST_TIMEOUT):
+            async with asyncio.timeout(self.request_timeout):
                 page = await self._get_json(base + query)
             mine.extend(obj for obj in page.get("items") or [] if self.tracker.pod_in(obj))
             meta = page.get("metadata") or {}
@@ -214,20 +218,23 @@ class EndpointsWatch:
             if not token:
                 break
         self.tracker.replace(mine, str(meta.get("resourceVersion", "")))
+        self.lists += 1
         self._live()
         self._notify()
 
     async def _watch(self) -> None:
         assert self.pod is not None
         url = (SLICES.format(namespace=quote(self.pod.namespace)) + "?watch=1&allowWatchBookmarks=true"
-               f"&resourceVersion={quote(self.tracker.resource_version or '')}&timeoutSeconds={WATCH_SECONDS}")
+               f"&resourceVersion={quote(self.tracker.resource_version or '')}&timeoutSeconds={self.watch_seconds}")
         session = self._client()
-        timeout = aiohttp.ClientTimeout(total=None, connect=REQUEST_TIMEOUT, sock_read=WATCH_SECONDS + 30)
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.request_timeout, sock_read=self.watch_seconds + 30)
         async with session.get(self._url(url), headers=self._headers(), timeout=timeout) as resp:
             if resp.status == 410:
                 raise Gone
             if resp.status != 200:
                 raise ApiError(resp.status, await _reason(resp))
+            self.watches += 1
+            self.tracker.synced = True  # resumed from the last resource version: the events missed come first
             self._live()
             async for line in _lines(resp.content):
                 before = self.tracker.version
@@ -303,7 +310,7 @@ def _kind(reason: str) -> str:
 
 def _why(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
-        return f"no answer within {REQUEST_TIMEOUT:g}s"
+        return "no answer in time"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -330,7 +337,8 @@ async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 
 
 def build(cfg: EndpointsConfig, env: Mapping[str, str], *, clock: Callable[[], float],
-          account: Path = SERVICE_ACCOUNT, on_live: Callable[[bool], None] = lambda live: None) -> EndpointsWatch:
+          account: Path = SERVICE_ACCOUNT, on_live: Callable[[bool], None] = lambda live: None,
+          **tuning: Any) -> EndpointsWatch:
     """The watch for this pod, or an inert one saying why the drain stays the timer (logged once here)."""
     access = ApiAccess.in_cluster(env, account)
     pod = PodIdentity.from_env(env, account_namespace(account))
@@ -342,4 +350,4 @@ def build(cfg: EndpointsConfig, env: Mapping[str, str], *, clock: Callable[[], f
         event(log, level, f"the drain is the timer, not the EndpointSlices: {reason}", endpoints="off")
         return EndpointsWatch(cfg, None, None, reason=reason, clock=clock, on_live=on_live)
     assert not isinstance(access, str)
-    return EndpointsWatch(cfg, access, pod, clock=clock, on_live=on_live)
+    return EndpointsWatch(cfg, access, pod, clock=clock, on_live=on_live, **tuning)
