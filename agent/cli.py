@@ -32,6 +32,10 @@ class UsageError(Exception):
     """Bad input from the user: printed as is, exit code 2."""
 
 
+DRAIN_HELP = ("how the drain ends: timer (drain_delay; the app's preStop sleeps) or endpoints (when the pod has left its "
+              "EndpointSlices: the downward-API env added, the app's preStop waits on /prestop/wait); a pod's "
+              "sidecar-agent.io/drain annotation overrides it (default: %(default)s)")
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar-agent", description="A health-and-shutdown sidecar for Kubernetes pods.")
     parser.add_argument("--version", action="version", version=f"sidecar-agent {__version__}")
@@ -62,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="the cluster's version: native sidecar from 1.29 (default: %(default)s)")
     inject.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     inject.add_argument("--remove", action="store_true", help="take an injection back out, restoring the pod templates")
+    inject.add_argument("--drain", choices=("timer", "endpoints"), default="timer",
+                        help=DRAIN_HELP)
     stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a preStop hook)")
     stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit on loopback at the port of "
                       "$SIDECAR_AGENT_LISTEN, else 8686)")
@@ -72,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     hook.add_argument("--kubernetes-version", default=KUBERNETES, metavar="X.Y",
                       help="the cluster's Kubernetes version, which decides the sidecar mode (default: %(default)s)")
     hook.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
+    hook.add_argument("--drain", choices=("timer", "endpoints"), default="timer",
+                      help=DRAIN_HELP)
     return parser
 
 
@@ -238,9 +246,11 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except webhook.CertificateError as exc:
         raise UsageError(f"sidecar-agent: --tls-cert/--tls-key: {exc}") from None
     from agent.inject import Options
+    from agent.inject.api import Drain
 
     settings = webhook.Settings(cert=args.tls_cert, key=args.tls_key, host=host, port=port,
-                                options=Options(image=args.image.strip(), kubernetes_version=version))
+                                options=Options(image=args.image.strip(), kubernetes_version=version,
+                                                drain=Drain(args.drain)))
     mutate, refusals = webhook.injection(settings)
     logs.setup("info", "json")
     try:
@@ -255,12 +265,14 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_inject(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from agent.inject import Options
+    from agent.inject.api import Drain
     from agent.inject.documents import run
     from agent.lint import InputError
 
     major, minor = parse_kubernetes_version(args.kubernetes_version)
     try:
-        report = run(args.paths, Options(image=args.image, kubernetes_version=(major, minor)), undo=args.remove)
+        report = run(args.paths, Options(image=args.image, kubernetes_version=(major, minor), drain=Drain(args.drain)),
+                     undo=args.remove)
     except InputError as exc:
         raise UsageError(f"sidecar-agent inject: {exc}") from None
     sys.stdout.write(report.text)

@@ -30,11 +30,20 @@ def agent_pre_stop(native: bool) -> dict[str, Any] | None:
     return {"exec": {"command": ["sidecar-agent", "stop"]}} if native else None
 
 
-def app_pre_stop(version: tuple[int, int]) -> dict[str, Any]:
-    """The app container's hook: hold its SIGTERM until the drain is over."""
-    if version >= (1, 30):
+def app_pre_stop(version: tuple[int, int], *, wait: bool = False) -> dict[str, Any]:
+    """The app container's hook: hold its SIGTERM until the drain is over. `wait`: the drain's length is not known
+    in advance (it follows the EndpointSlices), so the hook asks the agent rather than sleeping."""
+    if version >= (1, 30) and not wait:
         return {"sleep": {"seconds": DRAIN_SECONDS}}
     return {"httpGet": {"path": WAIT_PATH, "port": LISTEN_PORT}}
+
+
+# The downward API's pod identity, which the agent's EndpointSlice watch needs (shutdown.endpoints).
+DOWNWARD_ENV = (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"), ("POD_IPS", "status.podIPs"))
+
+
+def downward_env() -> list[dict[str, Any]]:
+    return [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in DOWNWARD_ENV]
 
 
 @dataclass(frozen=True)
