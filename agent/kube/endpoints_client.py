@@ -31,6 +31,8 @@ from agent.logs import event
 
 log = logging.getLogger("agent.endpoints")
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# Another place for the service account's token, ca.crt and namespace: an agent run outside a pod, and the tests.
+SERVICE_ACCOUNT_ENV = "SIDECAR_AGENT_SERVICE_ACCOUNT_DIR"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
 POD = "/api/v1/namespaces/{namespace}/pods/{name}"
 PAGE = 500  # slices per list page: a large namespace is read in pieces, never held whole
@@ -337,9 +339,11 @@ async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 
 
 def build(cfg: EndpointsConfig, env: Mapping[str, str], *, clock: Callable[[], float],
-          account: Path = SERVICE_ACCOUNT, on_live: Callable[[bool], None] = lambda live: None,
+          account: Path | None = None, on_live: Callable[[bool], None] = lambda live: None,
           **tuning: Any) -> EndpointsWatch:
-    """The watch for this pod, or an inert one saying why the drain stays the timer (logged once here)."""
+    """The watch for this pod, or an inert one saying why the drain stays the timer (logged once here).
+    `account`: the service account's directory (default: $SIDECAR_AGENT_SERVICE_ACCOUNT_DIR, else the kubelet's)."""
+    account = account or Path(env.get(SERVICE_ACCOUNT_ENV) or SERVICE_ACCOUNT)
     access = ApiAccess.in_cluster(env, account)
     pod = PodIdentity.from_env(env, account_namespace(account))
     reason = access if isinstance(access, str) else None

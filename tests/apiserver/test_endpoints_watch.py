@@ -16,26 +16,10 @@ from agent.config import EndpointsConfig, EndpointsMode
 from agent.kube import endpoints_client
 from agent.kube.drain import EndedBy
 from agent.kube.endpoints_client import EndpointsWatch, WatchState
-from tests.apiserver.conftest import Namespace
+from tests.apiserver.conftest import IP, POD, Namespace, endpoint, endpoint_slice, slices_path
 
-POD, IP = "web-0", "10.1.0.7"
 CFG = EndpointsConfig(enabled=EndpointsMode.ON, min=1.0, margin=1.0)
 BOUND = 60.0  # a bound for a hang only: each wait below is for an event the API sends
-
-
-def endpoint(pod: str, ip: str, ns: str, ready: bool = True) -> dict[str, Any]:
-    return {"addresses": [ip], "conditions": {"ready": ready, "serving": ready, "terminating": not ready},
-            "targetRef": {"kind": "Pod", "namespace": ns, "name": pod}}
-
-
-def endpoint_slice(name: str, *endpoints: dict[str, Any], service: str = "web") -> dict[str, Any]:
-    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
-            "endpoints": list(endpoints), "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
-
-
-def slices_path(ns: Namespace, name: str = "") -> str:
-    return f"/apis/discovery.k8s.io/v1/namespaces/{ns.name}/endpointslices" + (f"/{name}" if name else "")
 
 
 async def until(what: str, condition: Callable[[], bool], watch: EndpointsWatch) -> None:
@@ -57,14 +41,6 @@ async def started(ns: Namespace, account: Path, **tuning: Any) -> AsyncIterator[
         yield watch
     finally:
         await watch.close()
-
-
-@pytest.fixture
-def granted(namespace: Namespace, tmp_path: Path) -> Path:
-    """A service account with the Role of deploy/, and its directory holding a token."""
-    namespace.service_account("web")
-    namespace.grant("web")
-    return namespace.account_dir(tmp_path / "sa", namespace.token("web"))
 
 
 async def test_the_watch_follows_the_pod_into_and_out_of_its_slices(namespace: Namespace, granted: Path) -> None:
