@@ -123,7 +123,7 @@ class EndpointsWatch:
 
     def ending(self, started: float, drain_delay: float) -> Ending:
         if not self.live:
-            return timer(started, drain_delay, f"the timer (drain_delay): {self.reason or 'the watch is not live'}")
+            return timer(started, drain_delay, f"the EndpointSlices are not followed: {self.reason or 'no list yet'}")
         return drain_end(started, drain_delay, self.cfg, self.tracker)
 
     def changed(self) -> asyncio.Event:

@@ -179,11 +179,15 @@ class Shutdown:
                   trigger=reason)
             self._finish("gone")
             return
-        ends = format_duration(cfg.drain_delay)
+        ends = f"for {format_duration(cfg.drain_delay)}"
         if self.endpoints is not None and cfg.endpoints is not None:
-            ends = (f"until the pod has left its EndpointSlices plus {format_duration(cfg.endpoints.margin)} (at "
-                    f"least {format_duration(cfg.endpoints.min)}, at most {ends})")
-        event(log, logging.INFO, f"shutdown started by {reason}: draining {'for ' * (self.endpoints is None)}{ends}"
+            ending = self._ending()
+            if ending.ended_by is EndedBy.TIMER and ending.why.startswith("the EndpointSlices are not followed"):
+                ends += f" ({ending.why})"
+            else:
+                ends = (f"until the pod has left its EndpointSlices plus {format_duration(cfg.endpoints.margin)} (at "
+                        f"least {format_duration(cfg.endpoints.min)}, at most {format_duration(cfg.drain_delay)})")
+        event(log, logging.INFO, f"shutdown started by {reason}: draining {ends}"
               + (f" and until port {cfg.drain_connections.port} has no connections (at most "
                  f"{format_duration(cfg.drain_connections.timeout)})" if cfg.drain_connections else ""),
               trigger=reason)
