@@ -58,3 +58,18 @@ def test_without_the_role_the_agent_drains_on_the_timer_and_says_why(namespace: 
             m for m in messages if "falls back to the timer" in m]  # said once
         over = [r for r in agent.log_records() if r["message"].startswith("drain over after")]
         assert len(over) == 1 and over[0]["drain_ended_by"] == "timer", over
+
+
+def test_prestop_reads_the_pods_deletion(namespace: Namespace, granted: Path) -> None:
+    namespace.create("/api/v1", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": POD},
+                                 "spec": {"nodeName": "no-such-node", "serviceAccountName": "web",
+                                          "automountServiceAccountToken": False,
+                                          "containers": [{"name": "app", "image": "app:1"}]}})
+    namespace.api.call("DELETE", f"/api/v1/namespaces/{namespace.name}/pods/{POD}")  # graceful: it stays, marked
+    config = CONFIG.replace("drain_delay: 25s", "drain_delay: 1s")
+    with run_agent(config, env=agent_env(namespace, granted)) as agent:
+        agent.wait_for(lambda: (agent.status()["endpoints"] or {}).get("live"), timeout=BOUND)
+        assert agent.get("/prestop", timeout=BOUND)[0] == 200
+        assert agent.wait_exit(timeout=BOUND) == 0
+        said = [r for r in agent.log_records() if r["message"] == "the API shows the pod's deletion"]
+        assert len(said) == 1 and said[0]["pod_deleted"] is True
