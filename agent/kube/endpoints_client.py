@@ -238,14 +238,17 @@ class EndpointsWatch:
             self.watches += 1
             self.tracker.synced = True  # resumed from the last resource version: the events missed come first
             self._live()
+            self.failures = 0
             async for line in _lines(resp.content):
                 before = self.tracker.version
-                action = self.tracker.apply(json.loads(line))
+                decoded = json.loads(line)
+                if not isinstance(decoded, dict):
+                    raise ValueError("a watch event that is not a JSON object")
+                action = self.tracker.apply(decoded)
                 if action is Action.RELIST:
                     raise Gone
                 if action is Action.REWATCH:
                     raise ValueError("the watch sent an error event")
-                self.failures = 0
                 if self.tracker.version != before:
                     self._notify()
 
