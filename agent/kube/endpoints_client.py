@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import ssl
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +259,10 @@ class EndpointsWatch:
         if self._session is None:
             assert self.access is not None
             context = ssl.create_default_context(cafile=str(self.access.ca_file))
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, limit=4))
+            # enable_cleanup_closed: on Python < 3.12.7 asyncio leaks the socket of a TLS connection whose shutdown
+            # does not complete (a watch cut off by close()); the connector aborts those when it closes.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+                ssl=context, limit=4, enable_cleanup_closed=sys.version_info < (3, 12, 7)))
         return self._session
 
     def _url(self, path: str) -> str:

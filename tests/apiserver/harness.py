@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,7 +88,8 @@ class ApiServer:
             with urllib.request.urlopen(request, context=self._context(), timeout=30) as resp:
                 return json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
-            raise ApiFailure(exc.code, exc.read().decode(errors="replace")) from None
+            with exc:  # the error holds the response and its socket
+                raise ApiFailure(exc.code, exc.read().decode(errors="replace")) from None
 
     def ready(self) -> bool:
         try:
@@ -118,21 +119,29 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
                 proc.wait(30)
 
 
+def etcd() -> Path:
+    """The etcd server: `etcd`, as tools/cluster.py names it, or `server`, the name `go build -o DIR/` gives the
+    package go.etcd.io/etcd/server/v3."""
+    named = BIN / "etcd"
+    return named if named.is_file() or not (BIN / "server").is_file() else BIN / "server"
+
+
 def missing() -> list[str]:
     """The binaries not built yet."""
-    return [b for b in ("etcd", "kube-apiserver") if not (BIN / b).is_file()]
+    return [p.name for p in (etcd(), BIN / "kube-apiserver") if not p.is_file()]
 
 
 @contextmanager
-def running(root: Path) -> Iterator[ApiServer]:
-    """etcd and the API server, ready, with their state and logs under `root`; both stopped on leaving."""
+def running(root: Path, extra: Sequence[str] = ()) -> Iterator[ApiServer]:
+    """etcd and the API server (with `extra` flags), ready, with their state and logs under `root`; both stopped on
+    leaving."""
     pki = root / "pki"
     make_pki(pki)
     client, peer, secure = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     server = ApiServer("127.0.0.1", secure, pki, procs, root)
     try:
-        procs.append(start([BIN / "etcd", "--name", "test", "--data-dir", root / "etcd",
+        procs.append(start([etcd(), "--name", "test", "--data-dir", root / "etcd",
                             "--listen-client-urls", f"http://127.0.0.1:{client}",
                             "--advertise-client-urls", f"http://127.0.0.1:{client}",
                             "--listen-peer-urls", f"http://127.0.0.1:{peer}",
@@ -146,7 +155,8 @@ def running(root: Path) -> Iterator[ApiServer]:
             f"--client-ca-file={pki}/ca.crt", "--service-cluster-ip-range=10.250.0.0/24",
             f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
             "--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC",
-            "--profiling=false", "--v=1"], root / "kube-apiserver.log"))
+            # Compacting etcd every few seconds makes an old resource version expire soon: a watch from it gets 410.
+            *extra, "--etcd-compaction-interval=3s", "--profiling=false", "--v=1"], root / "kube-apiserver.log"))
         deadline = time.monotonic() + START_BOUND
         while not server.ready():
             if server.alive() or time.monotonic() > deadline:

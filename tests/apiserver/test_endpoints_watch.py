@@ -16,7 +16,8 @@ from agent.config import EndpointsConfig, EndpointsMode
 from agent.kube import endpoints_client
 from agent.kube.drain import EndedBy
 from agent.kube.endpoints_client import EndpointsWatch, WatchState
-from tests.apiserver.conftest import IP, POD, Namespace, endpoint, endpoint_slice, slices_path
+from tests.apiserver.conftest import IP, POD, Namespace, endpoint, endpoint_slice, new_namespace, slices_path
+from tests.apiserver.harness import ApiServer
 
 CFG = EndpointsConfig(enabled=EndpointsMode.ON, min=1.0, margin=1.0)
 BOUND = 60.0  # a bound for a hang only: each wait below is for an event the API sends
@@ -102,11 +103,21 @@ async def test_a_rotated_token_is_read_again(namespace: Namespace, tmp_path: Pat
         assert watch.state is WatchState.WATCHING and watch.failures == 0
 
 
-async def test_410_gone_lists_again(namespace: Namespace, granted: Path) -> None:
+async def test_410_gone_lists_again(uncached_apiserver: ApiServer, tmp_path: Path) -> None:
+    namespace = new_namespace(uncached_apiserver)
+    namespace.service_account("web")
+    namespace.grant("web")
+    granted = namespace.account_dir(tmp_path / "sa", namespace.token("web"))
     async with started(namespace, granted, watch_seconds=2) as watch:
         await until("live", lambda: watch.live, watch)
-        watch.tracker.resource_version = "1"  # older than anything the API still holds: the next watch gets 410
-        await until("a second list", lambda: watch.lists >= 2, watch)
+        def expired() -> bool:
+            # Resume each watch from revision 1 until etcd has compacted past it (every 3 s in the harness) and the
+            # API answers 410 Gone, which makes the agent list again.
+            if watch.lists < 2:
+                watch.tracker.resource_version = "1"
+            return watch.lists >= 2
+
+        await until("a second list", expired, watch)
         await until("live again", lambda: watch.live, watch)
         assert int(watch.tracker.resource_version or 0) > 1
 
