@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,23 @@ async def until(what: str, condition: Callable[[], bool], watch: EndpointsWatch)
         changed = watch.changed()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), 0.5)
+
+
+def refused(ns: Namespace, token: str) -> None:
+    """Wait until the API refuses `token` (401)."""
+    deadline = time.monotonic() + BOUND
+    request = urllib.request.Request(ns.api.base + slices_path(ns), headers={"Authorization": f"Bearer {token}"})
+    context = ssl.create_default_context(cafile=str(ns.api.pki / "ca.crt"))
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:
+            with exc:
+                if exc.code == 401:
+                    return
+        time.sleep(0.2)
+    raise AssertionError(f"the old token still works after {BOUND:g}s")
 
 
 @contextlib.asynccontextmanager
@@ -98,6 +118,7 @@ async def test_a_rotated_token_is_read_again(namespace: Namespace, tmp_path: Pat
         # The kubelet writes a new token; the old one stops working (its secret is deleted).
         (account / "token").write_text(namespace.token("web"))
         namespace.api.call("DELETE", f"/api/v1/namespaces/{namespace.name}/secrets/holder")
+        await asyncio.to_thread(refused, namespace, first)
         target = watch.watches + 2
         await until("two more watches", lambda: watch.watches >= target, watch)
         assert watch.state is WatchState.WATCHING and watch.failures == 0
