@@ -38,7 +38,7 @@ def openssl(*args: str | Path) -> None:
 
 def make_pki(pki: Path) -> None:
     """A CA, the API server's serving certificate for 127.0.0.1, an admin client certificate, the SA key pair."""
-    pki.mkdir()
+    pki.mkdir(parents=True)
     openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", pki / "ca.key")
     openssl("req", "-x509", "-new", "-key", pki / "ca.key", "-subj", "/CN=test-ca", "-days", "2", "-out", pki / "ca.crt",
             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
