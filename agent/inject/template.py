@@ -15,7 +15,7 @@ from agent.inject import container as agent_spec
 from agent.inject import hooks, probes, settings
 from agent.inject.api import InjectError, Options, Outcome
 from agent.inject.edits import Editor, Path, plain, undo, walk
-from agent.kube import kubelet_env
+from agent.kube import kubelet_env, versions
 from agent.lint.rules_shutdown import GRACE_MARGIN_SECONDS
 
 STATUS = "sidecar-agent.io/status"
@@ -70,7 +70,7 @@ def _skip_reason(template: Mapping[str, Any]) -> str | None:
 def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> Outcome:
     """Add the agent to a pod template ({"metadata", "spec"}); see agent.inject for the contract."""
     version = options.kubernetes_version
-    native, job = version >= (1, 29), kind in JOBS
+    native, job = versions.mode(version).native, kind in JOBS
     result = plain(template)
     reason = _skip_reason(result)
     if reason:
@@ -123,6 +123,7 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     if not isinstance(result["metadata"].get("annotations"), Mapping):
         edit.set(("metadata", "annotations"), {})
     status = {"version": __version__, "kubernetes": f"{version[0]}.{version[1]}",
+              "kubernetes_from": options.kubernetes_source.value,
               "sidecar": "native" if native else "regular", "checks": list(checks), "kept": kept, "edits": edit.record}
     result["metadata"]["annotations"][STATUS] = json.dumps(status, separators=(",", ":"))
     return Outcome(result, True, notes)
