@@ -16,6 +16,7 @@ from agent.inject import hooks, probes, settings
 from agent.inject.api import InjectError, Options, Outcome
 from agent.inject.edits import Editor, Path, plain, undo, walk
 from agent.kube import kubelet_env, versions
+from agent.kube.qos import QosClass, pod_level, qos_class
 from agent.lint.rules_shutdown import GRACE_MARGIN_SECONDS
 
 STATUS = "sidecar-agent.io/status"
@@ -75,6 +76,10 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     reason = _skip_reason(result)
     if reason:
         return _skip(result, reason)
+    try:  # the class the pod has before injection, which the agent's resources keep (pod-level resources keep it alone)
+        guaranteed = not pod_level(result["spec"]) and qos_class(result["spec"]) is QosClass.GUARANTEED
+    except ValueError as exc:
+        raise InjectError(f"spec: a container's resources: {exc}", ("spec",)) from None
     hooks_or_refusal = [] if job else _pre_stops(result["spec"], version)
     if isinstance(hooks_or_refusal, str):
         return _skip(result, hooks_or_refusal)
@@ -115,7 +120,7 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     env = settings.copied_env(settings.variables(extra), spec["containers"])
     text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
     agent = agent_spec.agent_container(options.image, kubelet_env.escape(text), env, native=native,
-                                       pre_stop=None if job else hooks.agent_pre_stop(native))
+                                       pre_stop=None if job else hooks.agent_pre_stop(native), guaranteed=guaranteed)
     edit.append(("spec", "initContainers" if native else "containers"), agent)
 
     if not isinstance(result.get("metadata"), Mapping):
