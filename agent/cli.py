@@ -13,19 +13,17 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import yaml
 
 from agent import DEFAULT_KUBERNETES, IMAGE, __version__, checks, logs
 from agent.checks import PluginError
 from agent.config import CONFIG_TEXT_ENV, DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
+from agent.kube.versions import FALLBACK, Chosen, Source
 from agent.probes import Probe
 from agent.runtime import threads, watchdog
 from agent.units import parse_address, parse_duration
-
-if TYPE_CHECKING:
-    from agent.kube.versions import Chosen
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 KUBERNETES = ".".join(map(str, DEFAULT_KUBERNETES))  # the default of --kubernetes-version
@@ -76,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     hook.add_argument("--kubernetes-version", metavar="X.Y|auto", help="the version of the OLDEST KUBELET in the "
                       "cluster (not the API server's), which decides the sidecar mode: a native sidecar from 1.29, a "
                       "preStop sleep from 1.30; auto: read from the nodes (the service account may list nodes), again "
-                      f"every minute, 1.28's mode until read (default: {KUBERNETES})")
+                      f"every minute, and {FALLBACK[0]}.{FALLBACK[1]}'s mode, which works on every kubelet, until a read "
+                      f"succeeds and whenever one fails (default: {KUBERNETES})")
     hook.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     return parser
 
@@ -231,8 +230,6 @@ def parse_kubernetes_version(text: str) -> tuple[int, int]:
 
 def chosen_kubernetes(text: str | None) -> Chosen:
     """The version of --kubernetes-version X.Y (or the default when not given) and where it came from."""
-    from agent.kube.versions import Chosen, Source
-
     if text is None:
         return Chosen(DEFAULT_KUBERNETES, Source.DEFAULT)
     return Chosen(parse_kubernetes_version(text), Source.FLAG)
