@@ -166,9 +166,12 @@ async def test_auto_injects_for_the_oldest_kubelet_the_api_server_lists(tls: Tls
         changed = json.loads(await line_with("injecting for Kubernetes 1.29"))
         assert (changed["kubernetes"], changed["kubernetes_from"]) == ("1.29", "nodes")
         connector = aiohttp.TCPConnector(ssl=client_context(tls.cert))
-        async with aiohttp.ClientSession(connector=connector) as session, \
-                session.post(f"https://{listen}/inject", json=review(pod())) as answer:
-            response = (await answer.json())["response"]
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.post(f"https://{listen}/inject", json=review(pod())) as answer:
+                response = (await answer.json())["response"]
+            async with session.get(f"https://{listen}/metrics") as answer:
+                metrics = await answer.text()
+        assert 'sidecar_webhook_node_reads_total{result="success"} 1.0' in metrics
         created = patched(pod(), response)
         status = json.loads(created["metadata"]["annotations"]["sidecar-agent.io/status"])
         assert (status["kubernetes"], status["kubernetes_from"], status["sidecar"]) == ("1.29", "nodes", "native")
