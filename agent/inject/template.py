@@ -16,7 +16,7 @@ from agent.inject import hooks, probes, settings
 from agent.inject.api import InjectError, Options, Outcome
 from agent.inject.edits import Editor, Path, plain, undo, walk
 from agent.kube import kubelet_env, versions
-from agent.kube.qos import QosClass, pod_level, qos_class
+from agent.kube.qos import QosClass, QuantityError, pod_level, qos_class
 from agent.lint.rules_shutdown import GRACE_MARGIN_SECONDS
 
 STATUS = "sidecar-agent.io/status"
@@ -78,8 +78,8 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
         return _skip(result, reason)
     try:  # the class the pod has before injection, which the agent's resources keep (pod-level resources keep it alone)
         guaranteed = not pod_level(result["spec"]) and qos_class(result["spec"]) is QosClass.GUARANTEED
-    except ValueError as exc:
-        raise InjectError(f"spec: a container's resources: {exc}", ("spec",)) from None
+    except QuantityError as exc:
+        raise InjectError(f"spec.{exc}", ("spec", *exc.path)) from None
     hooks_or_refusal = [] if job else _pre_stops(result["spec"], version)
     if isinstance(hooks_or_refusal, str):
         return _skip(result, hooks_or_refusal)

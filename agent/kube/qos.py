@@ -30,6 +30,15 @@ _SUFFIX = {"": Fraction(1), "n": Fraction(1, 10**9), "u": Fraction(1, 10**6), "m
            "Pi": Fraction(2**50), "Ei": Fraction(2**60)}
 
 
+class QuantityError(ValueError):
+    """A resource quantity that is not one; `path` is the keys from the pod spec to it."""
+
+    def __init__(self, message: str, path: tuple[str | int, ...]) -> None:
+        where = "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
+        super().__init__(f"{where}: {message}")
+        self.path = path
+
+
 class QosClass(enum.Enum):
     """status.qosClass."""
 
@@ -56,22 +65,28 @@ def _list(node: object) -> Mapping[str, Any]:
     return node if isinstance(node, Mapping) else {}
 
 
-def _positive(resources: Mapping[str, Any]) -> dict[str, Fraction]:
+def _positive(resources: Mapping[str, Any], where: tuple[str | int, ...]) -> dict[str, Fraction]:
     """The cpu and memory quantities above zero (the ones the QoS rules count)."""
     out: dict[str, Fraction] = {}
     for name in RESOURCES:
         if name in resources:
-            amount = quantity(resources[name])
+            try:
+                amount = quantity(resources[name])
+            except ValueError as exc:
+                raise QuantityError(str(exc), (*where, name)) from None
             if amount > 0:
                 out[name] = amount
     return out
 
 
-def _requests_and_limits(resources: object) -> tuple[dict[str, Fraction], dict[str, Fraction]]:
+def _requests_and_limits(resources: object, where: tuple[str | int, ...]) -> tuple[dict[str, Fraction], dict[str, Fraction]]:
     """Requests (a missing one defaulted to its limit, as the API server does) and limits, both positive only."""
     node = _list(resources)
-    limits = _positive(_list(node.get("limits")))
-    requests = _positive({**_list(node.get("limits")), **_list(node.get("requests"))})
+    limits = _positive(_list(node.get("limits")), (*where, "limits"))
+    written = _list(node.get("requests"))
+    requests = _positive(written, (*where, "requests"))
+    # A request left out is its limit; one written, zero included, stays as written.
+    requests = {**{n: q for n, q in limits.items() if n not in written}, **requests}
     return requests, limits
 
 
@@ -88,11 +103,11 @@ def _decide(requests: Mapping[str, Fraction], limits: Mapping[str, Fraction], ev
     return QosClass.BURSTABLE
 
 
-def _containers(spec: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+def _containers(spec: Mapping[str, Any]) -> Iterable[tuple[tuple[str | int, ...], Mapping[str, Any]]]:
     for key in ("containers", "initContainers"):
-        for container in spec.get(key) or ():
+        for index, container in enumerate(spec.get(key) or ()):
             if isinstance(container, Mapping):
-                yield container
+                yield (key, index), container
 
 
 def pod_level(spec: Mapping[str, Any]) -> bool:
@@ -102,14 +117,14 @@ def pod_level(spec: Mapping[str, Any]) -> bool:
 
 
 def qos_class(spec: Mapping[str, Any]) -> QosClass:
-    """The QoS class the API server gives a pod with this spec; ValueError on a quantity that is not one."""
+    """The QoS class the API server gives a pod with this spec; QuantityError on a quantity that is not one."""
     if pod_level(spec):
-        requests, limits = _requests_and_limits(spec.get("resources"))
+        requests, limits = _requests_and_limits(spec.get("resources"), ("resources",))
         return _decide(requests, limits, all(name in limits for name in RESOURCES))
     requests, limits = {}, {}
     every_limit_set = True
-    for container in _containers(spec):
-        own_requests, own_limits = _requests_and_limits(container.get("resources"))
+    for where, container in _containers(spec):
+        own_requests, own_limits = _requests_and_limits(container.get("resources"), (*where, "resources"))
         _add(requests, own_requests)
         _add(limits, own_limits)
         every_limit_set = every_limit_set and all(name in own_limits for name in RESOURCES)

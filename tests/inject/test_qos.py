@@ -4,6 +4,8 @@ pod stays Guaranteed, a Burstable one Burstable, and a BestEffort one becomes Bu
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 from fractions import Fraction
 from typing import Any
 
@@ -57,6 +59,7 @@ BOTH = {"cpu": "1", "memory": "1Gi"}
     ({"containers": [c({"cpu": "500m", "memory": "1Gi"}, BOTH)]}, B),
     ({"containers": [c({"cpu": "1"})]}, B),
     ({"containers": [c({"cpu": "0", "memory": "0"})]}, BE),  # zero counts as nothing
+    ({"containers": [c({"cpu": "0", "memory": "1Gi"}, BOTH)]}, B),  # a zero request is written, not defaulted
     ({"containers": [c({"ephemeral-storage": "1Gi", "nvidia.com/gpu": "1"}, {"nvidia.com/gpu": "1"})]}, BE),
     ({"containers": [c({**BOTH, "hugepages-2Mi": "2Mi"}, BOTH)]}, G),  # only cpu and memory count
     ({"containers": [c(BOTH, BOTH)], "resources": {"requests": {"cpu": "500m"}, "limits": BOTH}}, B),  # pod-level decides
@@ -116,3 +119,12 @@ def test_pod_level_resources_decide_alone_so_the_agent_keeps_its_small_requests(
     out = inject_template({"metadata": {}, "spec": spec}, Options()).template["spec"]
     assert qos_class(out) is G
     assert out["initContainers"][0]["resources"]["requests"] == {"cpu": "20m", "memory": "64Mi"}
+
+
+def test_a_quantity_that_is_none_exits_2_with_its_line_and_key_path(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: a\n    image: a\n"
+                   "  initContainers:\n  - name: b\n    image: b\n    resources:\n      requests:\n        cpu: fast\n")
+    done = subprocess.run([sys.executable, "-m", "agent", "inject", str(bad)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{bad}:13: Pod/p: spec.initContainers[0].resources.requests.cpu: not a quantity: 'fast'" in done.stderr
