@@ -32,11 +32,11 @@ _KUBELET = re.compile(r"v?(\d+)\.(\d+)(?:\.\d+)?(?:[-+].*)?")
 
 
 class Mode(enum.Enum):
-    """How the agent is added, by the kubelet version (docs/inject.md: Shutdown, per sidecar mode)."""
+    """How the agent is added, by the oldest kubelet's version (docs/inject.md: Shutdown, per sidecar mode)."""
 
-    REGULAR = "regular"  # a regular container; the app's preStop is an httpGet of /prestop/wait
-    NATIVE_WAIT = "native, httpGet hook"  # a native sidecar; the app's preStop is still the httpGet
-    NATIVE_SLEEP = "native, sleep hook"  # a native sidecar; the app's preStop is a sleep action
+    REGULAR = "regular container"  # a regular container; the app's preStop is an httpGet of /prestop/wait
+    NATIVE_WAIT = "native sidecar, httpGet hook"  # a native sidecar; the app's preStop is still the httpGet
+    NATIVE_SLEEP = "native sidecar, sleep hook"  # a native sidecar; the app's preStop is a sleep action
 
     @property
     def native(self) -> bool:

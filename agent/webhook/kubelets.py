@@ -33,7 +33,7 @@ class OldestKubelet:
             return
         before, self.current = self.current, chosen
         event(log, logging.WARNING if chosen.source is Source.FALLBACK else logging.INFO,
-              f"injecting for Kubernetes {chosen.text} ({mode(chosen.version).value} sidecar) instead of "
+              f"injecting for Kubernetes {chosen.text} ({mode(chosen.version).value}) instead of "
               f"{before.text} ({before.source.value}): {why}",
               kubernetes=chosen.text, kubernetes_from=chosen.source.value)
 

@@ -97,8 +97,8 @@ async def test_the_oldest_kubelet_is_used_and_a_change_is_seen_and_logged(apiser
         assert kubelets.current == Chosen((1, 28), Source.NODES)
     lines = messages(caplog)
     assert len(lines) == 2, lines
-    assert "injecting for Kubernetes 1.29 (native, httpGet hook sidecar) instead of 1.28 (fallback)" in lines[0]
-    assert "injecting for Kubernetes 1.28 (regular sidecar) instead of 1.29 (nodes): the oldest kubelet of 4 nodes" \
+    assert "injecting for Kubernetes 1.29 (native sidecar, httpGet hook) instead of 1.28 (fallback)" in lines[0]
+    assert "injecting for Kubernetes 1.28 (regular container) instead of 1.29 (nodes): the oldest kubelet of 4 nodes" \
         in lines[1]
     assert reads == [True, True, True]
 
