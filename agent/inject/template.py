@@ -77,15 +77,20 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     if reason:
         return _skip(result, reason)
     try:  # the class the pod has before injection, which the agent's resources keep (pod-level resources keep it alone)
-        guaranteed = not pod_level(result["spec"]) and qos_class(result["spec"]) is QosClass.GUARANTEED
+        before = qos_class(result["spec"])
     except QuantityError as exc:
         raise InjectError(f"spec.{exc}", ("spec", *exc.path)) from None
+    guaranteed = before is QosClass.GUARANTEED and not pod_level(result["spec"])
     hooks_or_refusal = [] if job else _pre_stops(result["spec"], version)
     if isinstance(hooks_or_refusal, str):
         return _skip(result, hooks_or_refusal)
     edit = Editor(result)
     spec = result["spec"]
     notes: list[str] = []
+    if before is QosClass.BEST_EFFORT:
+        requests = agent_spec.REQUESTS
+        notes.append(f"QoS class BestEffort becomes Burstable: the agent requests cpu {requests['cpu']} and memory "
+                     f"{requests['memory']}")
     extra = settings.annotation_checks(_mapping(result.get("metadata"), "annotations"))
     generated, kept = _probes(edit, spec, job, notes)
     for base, hook, note in hooks_or_refusal:

@@ -128,3 +128,10 @@ def test_a_quantity_that_is_none_exits_2_with_its_line_and_key_path(tmp_path: pa
     done = subprocess.run([sys.executable, "-m", "agent", "inject", str(bad)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{bad}:13: Pod/p: spec.initContainers[0].resources.requests.cpu: not a quantity: 'fast'" in done.stderr
+
+
+def test_a_best_effort_pod_is_told_it_becomes_burstable() -> None:
+    told = inject_template({"metadata": {}, "spec": {"containers": [c()]}}, Options()).notes
+    assert "QoS class BestEffort becomes Burstable: the agent requests cpu 20m and memory 64Mi" in told
+    for spec in ({"containers": [c(BOTH, BOTH)]}, {"containers": [c({"cpu": "1"})]}):
+        assert not [n for n in inject_template({"metadata": {}, "spec": spec}, Options()).notes if "QoS" in n]
