@@ -58,8 +58,9 @@ from hypothesis import strategies as st
 from kubernetes_validate import utils as kube
 from referencing import Registry, Resource
 
-from agent.cli import main
+from agent.cli import chosen_kubernetes, main
 from agent.inject import InjectError, Options
+from agent.kube import qos
 from agent.lint import lint_paths
 from agent.webhook import admission
 from agent.webhook.server import Settings, injection
@@ -564,6 +565,7 @@ def test_the_qos_class_is_kept(workdir: pathlib.Path, kind: str, data: st.DataOb
     _, run = injected(workdir, w)
     before = qos_class(w.template["spec"])
     after = qos_class(Workload(yaml.safe_load(run.out), w.version, False).template["spec"])
+    assert qos.qos_class(w.template["spec"]).value == before  # inject's own reckoning agrees with this one
     if STATUS not in run.out:  # skipped: unchanged
         assert after == before
     else:
@@ -584,7 +586,9 @@ def test_the_webhooks_patch_gives_injects_pod(workdir: pathlib.Path, kind: str, 
     w = data.draw(workloads(kind), label="workload")
     pod = {"apiVersion": "v1", "kind": "Pod", **copy.deepcopy(w.template)}
     pod["metadata"] = {"name": "p", **pod.get("metadata", {})}
-    mutate, refusals = injection(Settings(cert="unused.pem", key="unused.key", options=Options(kubernetes_version=w.version)))
+    chosen = chosen_kubernetes(f"{w.version[0]}.{w.version[1]}")  # as `sidecar-agent webhook --kubernetes-version X.Y`
+    options = Options(kubernetes_version=chosen.version, kubernetes_source=chosen.source)
+    mutate, refusals = injection(Settings(cert="unused.pem", key="unused.key", options=options))
     assert refusals == (InjectError,)
     decision = admission.decide(admission.parse(review(pod)), mutate, refusals)
     run = cli(write(workdir, "pod.yaml", dump(pod)), w.version)
