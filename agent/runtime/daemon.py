@@ -107,6 +107,7 @@ class Agent:
             "exit": "on SIGTERM" if self.until_sigterm else "when stopped",
             "waiting_for_sigterm_since": iso(self.holding_since)}
         extra: dict[str, object] = {"mode": "exec" if self.child else "run", "shutdown": shutdown,
+                                    "prestop_hooks_held": self.server.hooks_held,
                                     "container_restarts": {"count": self.restarts, "last": self.last_restart},
                                     "agent": self.own_state()}
         if self.child is not None:

@@ -44,11 +44,14 @@ def config(web: pathlib.Path, other: pathlib.Path | None = None) -> str:
 class Hook:
     """One preStop hook call made as the kubelet makes it: in its own thread, answer kept."""
 
-    def __init__(self, agent: AgentProcess, path: str) -> None:
+    def __init__(self, agent: AgentProcess, path: str, *, held: bool = False) -> None:
+        """`held`: return once the agent holds the hook (so that it came first, before the stop's trigger)."""
         self.answer: tuple[int, str] | None = None
         self.took: float | None = None
         self._thread = threading.Thread(target=self._call, args=(agent, path))
         self._thread.start()
+        if held:
+            agent.wait_for(lambda: agent.status()["prestop_hooks_held"] == 1, GENEROUS)
 
     def _call(self, agent: AgentProcess, path: str) -> None:
         started = time.monotonic()
@@ -103,8 +106,8 @@ def stand_in_app(tmp_path: pathlib.Path) -> Iterator[Callable[[], subprocess.Pop
 def test_a_deletion_drains_when_the_agent_hears_sigterm_beside_the_apps_hook(alive) -> None:  # type: ignore[no-untyped-def]
     with run_agent(config(alive("web"))) as agent:
         kubelet_probes(agent, "/livez/web-liveness", 200)
-        hook = Hook(agent, "/prestop/wait?check=web-liveness")
-        agent.signal(signal.SIGTERM)  # a regular sidecar: its SIGTERM comes with the app's hook
+        hook = Hook(agent, "/prestop/wait?check=web-liveness", held=True)
+        agent.signal(signal.SIGTERM)  # a regular sidecar: its SIGTERM comes with the app's hook, here just after
         ready_fails_while(agent, hook)
         code, body = hook.result()
         assert (code, body.split(" (")[0].strip()) == (200, "shutdown: not_relayed")
@@ -125,8 +128,8 @@ def test_a_deletion_drains_when_the_apps_hook_calls_prestop(alive) -> None:  # t
 def test_a_native_deletion_drains_and_the_agent_serves_on_until_its_own_sigterm(alive) -> None:  # type: ignore[no-untyped-def]
     with run_agent(config(alive("web"))) as agent:
         kubelet_probes(agent, "/livez/web-liveness", 200)
-        hook = Hook(agent, "/prestop/wait?check=web-liveness")
-        # The native agent's own preStop, as inject writes it, run beside the app's hook.
+        hook = Hook(agent, "/prestop/wait?check=web-liveness", held=True)
+        # The native agent's own preStop, as inject writes it, run beside the app's hook (here just after it).
         stop = subprocess.run([sys.executable, "-m", "agent", "stop"], capture_output=True, text=True,
                               timeout=GENEROUS * 2, env={"SIDECAR_AGENT_LISTEN": f"127.0.0.1:{agent.port}",
                                                          "PATH": "/usr/bin:/bin"})
