@@ -15,7 +15,7 @@ from aiohttp import web
 
 from agent.config import ANY_HOST
 from agent.logs import event
-from agent.probes import Probe
+from agent.probes import HOOK_WINDOW, Probe
 from agent.runtime.health import Answer, Health
 from agent.runtime.metrics import Metrics
 from agent.units import format_address, format_duration, is_loopback_host
@@ -26,14 +26,6 @@ TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 BACKLOG = 1024
 
 
-# How long `GET /prestop/wait` waits for a stop to begin before it takes the hook for a container restart. On a pod
-# deletion the kubelet starts the agent's SIGTERM (regular sidecar) or its exec preStop `sidecar-agent stop` (native)
-# in parallel with the app's hook; the exec hook, a Python start-up, arrives last: bench/RESULTS.md ("Hook
-# arrival") measured it up to 1.66 s behind the hook (median 0.68 s) on a 2-core machine at load average 10, before
-# the container runtime's own exec time. Three times the worst, and no longer than the `sleep` hook inject writes
-# from 1.30 (the drain, 5 s), which holds a restarted app as long: a liveness kill of an app whose liveness the agent
-# does not answer is held this long, plus the app's own stop time.
-HOOK_WINDOW = 5.0
 HOOK_PROBES = (Probe.LIVENESS, Probe.STARTUP)  # the probes whose failure makes the kubelet kill one container
 
 
