@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     hook = sub.add_parser("webhook", help="serve the mutating admission webhook that adds the agent to new pods")
     hook.add_argument("--tls-cert", required=True, metavar="FILE", help="the serving certificate (PEM, chain first)")
     hook.add_argument("--tls-key", required=True, metavar="FILE", help="its private key (PEM)")
-    hook.add_argument("--listen", default="0.0.0.0:8443", metavar="ADDR", help="address to serve on (default: %(default)s)")
+    hook.add_argument("--listen", default="[::]:8443", metavar="ADDR", help="address to serve on (default: %(default)s, "
+                      "IPv4 and IPv6)")
     hook.add_argument("--kubernetes-version", metavar="X.Y|auto", help="the version of the OLDEST KUBELET in the "
                       "cluster (not the API server's), which decides the sidecar mode: a native sidecar from 1.29, a "
                       "preStop sleep from 1.30; auto: read from the nodes (the service account may list nodes), again "
@@ -242,7 +243,7 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     auto = (args.kubernetes_version or "").strip() == "auto"
     chosen = None if auto else chosen_kubernetes(args.kubernetes_version)
     try:
-        host, port = parse_address(args.listen, default_host="0.0.0.0", any_port=True)
+        host, port = parse_address(args.listen, default_host=ANY_HOST, any_port=True)
     except ValueError as exc:
         raise UsageError(f"sidecar-agent: --listen: {exc}") from None
     if not args.image.strip():

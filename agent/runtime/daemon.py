@@ -77,7 +77,7 @@ class Agent:
         # A native sidecar's own preStop asks the agent to serve on after the sequence until its SIGTERM, which the
         # kubelet sends once the app containers have exited (the sidecar's turn): it must not exit while they run.
         self.until_sigterm = False
-        self.sigterm = asyncio.Event()  # SIGTERM or SIGINT received: the agent may exit once the sequence is over
+        self.signalled = asyncio.Event()  # SIGTERM or SIGINT received: the agent may exit once the sequence is over
         self.holding_since: float | None = None  # epoch seconds, while the sequence is over and SIGTERM is awaited
         # preStop hooks taken for a container restart (a failed liveness or startup probe), not a pod stop.
         self.restarts = 0
@@ -137,7 +137,7 @@ class Agent:
 
     def trigger(self, reason: str, *, until_sigterm: bool = False) -> None:
         """Start the sequence (or join it); `until_sigterm`: after it, serve on until SIGTERM (unless already had)."""
-        if until_sigterm and not self.until_sigterm and not self.sigterm.is_set():
+        if until_sigterm and not self.until_sigterm and not self.signalled.is_set():
             self.until_sigterm = True
             event(log, logging.INFO, f"{reason}: after the shutdown sequence the agent serves on until its SIGTERM, "
                   "which the kubelet sends once the app containers have exited", exit="on SIGTERM")
@@ -207,8 +207,8 @@ class Agent:
     def on_signal(self, signum: int) -> None:
         """Signal handlers only record the request; the shutdown task does the work."""
         name = signal.Signals(signum).name
-        first = not self.sigterm.is_set()
-        self.sigterm.set()
+        first = not self.signalled.is_set()
+        self.signalled.set()
         if not self.shutdown.running:
             event(log, logging.INFO, f"received {name}", signal=name)
             self.shutdown.trigger(name)
@@ -226,12 +226,12 @@ class Agent:
 
     async def hold(self) -> None:
         """After the sequence: when asked (a native sidecar's own preStop), serve on until SIGTERM."""
-        if not self.until_sigterm or self.sigterm.is_set():
+        if not self.until_sigterm or self.signalled.is_set():
             return
         self.holding_since = time.time()
         event(log, logging.INFO, "the shutdown sequence is over; still serving (readiness 503, /status, /metrics) until "
               "SIGTERM, which the kubelet sends once the app containers have exited", waiting_for="SIGTERM")
-        await self.sigterm.wait()
+        await self.signalled.wait()
 
     # -- lifetime ------------------------------------------------------------------------------------
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import hmac
 import json
 import logging
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -14,6 +12,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from agent.config import ANY_HOST
+from agent.listen import BACKLOG, any_address_socket
 from agent.logs import event
 from agent.probes import HOOK_WINDOW, Probe
 from agent.runtime.health import Answer, Health
@@ -23,7 +22,6 @@ from agent.units import format_address, format_duration, is_loopback_host
 log = logging.getLogger("agent.server")
 TEXT = "text/plain"
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
-BACKLOG = 1024
 
 
 HOOK_PROBES = (Probe.LIVENESS, Probe.STARTUP)  # the probes whose failure makes the kubelet kill one container
@@ -286,35 +284,6 @@ class ProbeServer:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
-
-
-def any_address_socket(port: int, family: socket.AddressFamily = socket.AF_INET6) -> tuple[socket.socket, str]:
-    """A listening socket on every address of the pod, and the host it is bound to.
-
-    `[::]` with IPV6_V6ONLY off takes IPv4 too (as ::ffff:a.b.c.d), so a probe reaches the agent whichever family the
-    pod IP has; asyncio's own listener would set IPV6_V6ONLY on. Where the kernel has no IPv6 (booted with
-    ipv6.disable=1: the family itself is missing), `0.0.0.0`. `family` is a parameter for the test of that fallback.
-    """
-    try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as exc:
-        if exc.errno not in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
-            raise
-        event(log, logging.INFO, f"this kernel has no IPv6 ({exc.strerror or exc}): listening on IPv4 only")
-        sock, family = socket.socket(socket.AF_INET, socket.SOCK_STREAM), socket.AF_INET
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        host = "0.0.0.0"
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            host = ANY_HOST
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, host
 
 
 def _text(answer: Answer) -> web.Response:

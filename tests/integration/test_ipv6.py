@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from agent.inject import probes
-from agent.runtime.server import any_address_socket
+from agent.listen import any_address_socket
 from agent.testing import http_request, run_agent
 
 pytestmark = pytest.mark.skipif(not socket.has_ipv6, reason="this Python has no IPv6")
