@@ -171,18 +171,24 @@ class ProbeServer:
         return None
 
     def failing_answer(self, request: web.Request) -> str | None:
-        """Which liveness or startup answer of the hook's container was last a failure (None: none was).
+        """Which liveness or startup answer of the hook's container is failing (None: none is).
 
+        Failing: the last answer given on that path was a failure (the kubelet acts on what it was told) and the
+        answer still is one (a blip that has passed since, with the kubelet's threshold not reached, is no kill).
         The hook names its container's checks with `?check=NAME` (repeatable; inject writes them), meaning the
         answers on /livez/NAME and /startupz/NAME; without any, the answers on /livez and /startupz count.
         """
         names: list[str | None] = list(request.query.getall("check", [])) or [None]
+        now = self.clock()
         for name in names:
             for probe in HOOK_PROBES:
                 status = self.answered.get((probe, name))
-                if status is not None and status >= 400:
+                if status is None or status < 400:
+                    continue
+                current = self.health.answer(probe, now) if name is None else self.health.evaluate_one(probe, name, now)
+                if current is not None and current.status >= 400:
                     path = f"/{probe.path}" + (f"/{name}" if name else "")
-                    return f"the last {probe.value} answer on {path} was {status}"
+                    return f"the last {probe.value} answer on {path} was {status}, and it still fails"
         return None
 
     def _restart(self, hook: str, reason: str) -> web.Response:
