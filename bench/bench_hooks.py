@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from agent.runtime.server import HOOK_WINDOW  # noqa: E402
+from agent.probes import HOOK_WINDOW  # noqa: E402
 from agent.testing import http_request, run_agent  # noqa: E402
 
 CONFIG = "log: {level: info, format: json}\nchecks: {}\nshutdown: {drain_delay: 200ms, relay_signal: false}\n"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agent.runtime.server import HOOK_WINDOW
+from agent.probes import HOOK_WINDOW
 from agent.testing import AgentProcess, run_agent
 
 APP = str(pathlib.Path(__file__).resolve().parents[1] / "apps" / "app.py")
@@ -47,16 +47,13 @@ class Hook:
     def __init__(self, agent: AgentProcess, path: str, *, held: bool = False) -> None:
         """`held`: return once the agent holds the hook (so that it came first, before the stop's trigger)."""
         self.answer: tuple[int, str] | None = None
-        self.took: float | None = None
         self._thread = threading.Thread(target=self._call, args=(agent, path))
         self._thread.start()
         if held:
             agent.wait_for(lambda: agent.status()["prestop_hooks_held"] == 1, GENEROUS)
 
     def _call(self, agent: AgentProcess, path: str) -> None:
-        started = time.monotonic()
         self.answer = agent.get(path, timeout=GENEROUS * 4)
-        self.took = time.monotonic() - started
 
     def result(self) -> tuple[int, str]:
         self._thread.join(GENEROUS * 4)
