@@ -23,7 +23,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
+from agent.config import ANY_HOST
 from agent.inject import InjectError, Options, Outcome, inject_template  # the same code path as `inject`
+from agent.listen import any_address_socket
 from agent.logs import event
 from agent.units import format_address
 from agent.webhook.admission import BadReview, Decision, Mutate, Review, decide, parse
@@ -51,7 +53,7 @@ class Settings:
 
     cert: str
     key: str
-    host: str = "0.0.0.0"
+    host: str = ANY_HOST  # every address, IPv4 and IPv6: the API server calls the Service's pod IPs
     port: int = 8443
     options: Options = field(default_factory=Options)  # the image and the Kubernetes version, as `inject` takes them
 
@@ -207,8 +209,13 @@ class WebhookServer:
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS,
                                     keepalive_timeout=KEEPALIVE_SECONDS)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, ssl_context=self.certificates.listening, reuse_address=True)
         try:
+            site: web.BaseSite
+            if host == ANY_HOST:
+                sock, host = any_address_socket(port)
+                site = web.SockSite(self.runner, sock, ssl_context=self.certificates.listening)
+            else:
+                site = web.TCPSite(self.runner, host, port, ssl_context=self.certificates.listening, reuse_address=True)
             await site.start()
         except BaseException:
             await self.runner.cleanup()
