@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import DEFAULT_KUBERNETES, IMAGE
+from agent.kube.versions import Source
 
 
 class InjectError(Exception):
@@ -27,7 +28,10 @@ class Drain(enum.Enum):
 @dataclass(frozen=True)
 class Options:
     image: str = IMAGE
+    # The oldest kubelet of the cluster (agent.kube.versions), which decides the sidecar mode, and where it came
+    # from: both are recorded in the status annotation.
     kubernetes_version: tuple[int, int] = DEFAULT_KUBERNETES
+    kubernetes_source: Source = Source.DEFAULT
     drain: Drain = Drain.TIMER  # a pod template's sidecar-agent.io/drain annotation overrides it
 
 

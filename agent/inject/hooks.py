@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +30,18 @@ def agent_pre_stop(native: bool) -> dict[str, Any] | None:
     return {"exec": {"command": ["sidecar-agent", "stop"]}} if native else None
 
 
-def app_pre_stop(version: tuple[int, int], *, wait: bool = False) -> dict[str, Any]:
+def app_pre_stop(version: tuple[int, int], checks: Sequence[str] = (), *, wait: bool = False) -> dict[str, Any]:
     """The app container's hook: hold its SIGTERM until the drain is over. `wait`: the drain's length is not known
-    in advance (it follows the EndpointSlices), so the hook asks the agent rather than sleeping."""
+    in advance (it follows the EndpointSlices), so the hook asks the agent rather than sleeping.
+
+    The kubelet also runs it when it kills this one container for a failed liveness or startup probe: `?check=NAME`
+    names the container's own checks (its probes ask /livez/NAME, /startupz/NAME), so that the agent answers such a
+    hook at once rather than hold the restart (a `sleep` cannot tell, and holds it for the drain).
+    """
     if version >= (1, 30) and not wait:
         return {"sleep": {"seconds": DRAIN_SECONDS}}
-    return {"httpGet": {"path": WAIT_PATH, "port": LISTEN_PORT}}
+    query = "&".join(f"check={name}" for name in checks)  # check names are letters, digits, '.', '_', '-'
+    return {"httpGet": {"path": WAIT_PATH + (f"?{query}" if query else ""), "port": LISTEN_PORT}}
 
 
 # The downward API's pod identity, which the agent's EndpointSlice watch needs (shutdown.endpoints).

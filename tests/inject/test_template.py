@@ -64,7 +64,9 @@ def test_native_sidecar_from_1_29_and_a_regular_container_below() -> None:
     assert [c["name"] for c in native["initContainers"]] == ["sidecar-agent"]
     assert native["initContainers"][0]["restartPolicy"] == "Always"
     assert native["initContainers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sidecar-agent", "stop"]
-    assert native["containers"][0]["lifecycle"]["preStop"] == {"httpGet": {"path": "/prestop/wait", "port": 8686}}
+    # The app's hook names its own liveness and startup checks: a restart of it is answered at once.
+    assert native["containers"][0]["lifecycle"]["preStop"] == {
+        "httpGet": {"path": "/prestop/wait?check=web-liveness&check=web-startup", "port": 8686}}
     assert inject_template(template(), Options(kubernetes_version=(1, 30))).template["spec"]["containers"][0][
         "lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
     regular = inject_template(template(), Options(kubernetes_version=(1, 28))).template["spec"]
@@ -110,6 +112,19 @@ def test_annotation_checks_copy_their_env_and_refuse_literal_secrets() -> None:
     missing = template("db:\n  type: redis\n  url: ${NOWHERE}\n")
     with pytest.raises(InjectError, match="NOWHERE"):
         inject_template(missing, Options())
+
+
+def test_a_header_with_a_scheme_and_a_variable_is_no_literal_secret() -> None:
+    """`Bearer ${TOKEN}`: only the scheme is written, the credential comes from the env (found by test_properties.py)."""
+    header = "up:\n  type: http\n  url: http://127.0.0.1:9999/ping\n  headers: {{Authorization: '{}'}}\n"
+    t = template(header.format("Bearer ${API_TOKEN}"))
+    t["spec"]["containers"][1]["env"] = [{"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "a", "key": "t"}}}]
+    agent = inject_template(t, Options()).template["spec"]["initContainers"][0]
+    assert agent["env"][0]["name"] == "API_TOKEN"
+    for literal in ("Bearer hunter22", "Bearer ${API_TOKEN} hunter22", "Basic abc"):
+        t["metadata"]["annotations"]["sidecar-agent.io/checks"] = header.format(literal)
+        with pytest.raises(InjectError, match="a secret is written in plain text"):
+            inject_template(t, Options())
 
 
 def test_a_bad_annotation_names_the_key_path() -> None:
@@ -195,8 +210,9 @@ def test_drain_endpoints_adds_the_pods_identity_and_a_hook_that_waits_on_the_age
     agent = out["initContainers"][0]
     assert {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"] if "valueFrom" in e} == {
         "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "POD_IPS": "status.podIPs"}
-    assert all(c["lifecycle"]["preStop"] == {"httpGet": {"path": "/prestop/wait", "port": 8686}}
-               for c in out["containers"])
+    # Each hook names its container's own checks, so a liveness kill is answered at once.
+    assert [c["lifecycle"]["preStop"]["httpGet"]["path"] for c in out["containers"]] == [
+        "/prestop/wait?check=web-liveness&check=web-startup", "/prestop/wait?check=worker-liveness"]
     shutdown = load(config_of(out), {}).shutdown
     assert shutdown.endpoints is not None and shutdown.endpoints.enabled is EndpointsMode.AUTO
     # The timer's injection sleeps instead, and its agent has no pod identity.

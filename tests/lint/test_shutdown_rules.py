@@ -60,6 +60,19 @@ def test_prestop_hooks_that_miss_the_agent(hook: dict[str, Any]) -> None:
     assert lint(pod(app(lifecycle={"preStop": hook}), agent())) == [("prestop-wrong-target", "app")]
 
 
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+@pytest.mark.parametrize("hook", [
+    {"httpGet": {"path": "/shutdown", "port": 8080}},
+    {"sleep": {"seconds": 1}},
+    {"exec": {"command": ["sh", "-c", "kill -TERM 1"]}},
+])
+def test_batch_pods_keep_their_own_hooks(kind: str, hook: dict[str, Any]) -> None:
+    """No Service to drain (issue 21): a Job's own hook is not the agent's business, as inject leaves it too."""
+    container = app(lifecycle={"preStop": hook}, ports=[{"name": "http", "containerPort": 8080}])
+    assert lint(pod(container, agent(), kind=kind, restartPolicy="Never")) == []
+    assert lint(pod(container, agent(), kind="Deployment")) == [("prestop-wrong-target", "app")]
+
+
 @pytest.mark.parametrize("command", [
     ["curl", "-fsS", "http://127.0.0.1:8686/prestop"],
     ["/bin/sh", "-c", "wget -qO- 'http://localhost:8686/prestop' >/dev/null 2>&1; true"],
@@ -324,3 +337,27 @@ def test_exec_mode_is_warned_about_only_with_stop_scope_process() -> None:
     findings = lint_objects([config_map("shutdown: {stop_scope: process}\n"), pod(container, volumes=CONFIG_VOLUME)])
     assert [(f.rule, f.container) for f in findings] == [("app-behind-shell", "app")]
     assert "stop_scope: process sends SIGTERM to it alone" in findings[0].message
+
+
+# -- a container restart runs the preStop hook too (the agent tells it from a pod stop by the probe it answered) ----
+
+WAIT_HOOK = {"preStop": {"httpGet": {"path": "/prestop/wait", "port": 8686}}}
+
+
+def test_a_prestop_hook_whose_liveness_the_agent_does_not_answer_would_stop_the_agent_on_a_restart() -> None:
+    own_liveness = {"httpGet": {"path": "/healthz", "port": 8080}}
+    assert lint(pod(app(livenessProbe=own_liveness), agent())) == [("prestop-restart-stops-agent", "app")]
+    assert lint(pod(app(livenessProbe=own_liveness, lifecycle=WAIT_HOOK), agent())) == [("prestop-restart-held", "app")]
+
+
+@pytest.mark.parametrize(("liveness", "path", "flagged"), [
+    ("/livez", "/prestop/wait", False),
+    ("/livez/web-liveness", "/prestop/wait?check=web-liveness", False),
+    ("/livez/web-liveness", "/prestop/wait", True),  # the hook does not say which check is its container's
+    ("/livez", "/prestop/wait?check=web-liveness", True),  # it names a check the probe does not ask
+])
+def test_the_hook_names_the_checks_its_containers_probes_ask(liveness: str, path: str, flagged: bool) -> None:
+    probe = {"httpGet": {"path": liveness, "port": 8686}}
+    hook = {"preStop": {"httpGet": {"path": path, "port": 8686}}}
+    assert lint(pod(app(livenessProbe=probe, lifecycle=hook), agent())) == (
+        [("prestop-restart-held", "app")] if flagged else [])
