@@ -73,3 +73,38 @@ def test_prestop_reads_the_pods_deletion(namespace: Namespace, granted: Path) ->
         assert agent.wait_exit(timeout=BOUND) == 0
         said = [r for r in agent.log_records() if r["message"] == "the API shows the pod's deletion"]
         assert len(said) == 1 and said[0]["pod_deleted"] is True
+
+
+FAILING_LIVENESS = """
+checks:
+  app:  # nothing listens on port 1: the liveness answer fails
+    type: tcp
+    address: 127.0.0.1:1
+    probes: [liveness]
+    interval: 1s
+    failure_threshold: 1
+shutdown:
+  drain_delay: 1s
+  relay_signal: false
+  endpoints: {enabled: true, min: 1s, margin: 1s}
+"""
+
+
+def test_a_hook_while_liveness_fails_is_a_restart_unless_the_api_shows_the_deletion(namespace: Namespace,
+                                                                                   granted: Path) -> None:
+    namespace.create("/api/v1", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": POD},
+                                 "spec": {"nodeName": "no-such-node", "serviceAccountName": "web",
+                                          "automountServiceAccountToken": False,
+                                          "containers": [{"name": "app", "image": "app:1"}]}})
+    with run_agent(FAILING_LIVENESS, env=agent_env(namespace, granted)) as agent:
+        agent.wait_for(lambda: (agent.status()["endpoints"] or {}).get("live"), timeout=BOUND)
+        agent.wait_status("/livez", 503, timeout=BOUND)  # the kubelet was told: the liveness kill's hook follows
+        status, body = agent.get("/prestop", timeout=BOUND)
+        assert body.startswith("container restart, not a pod stop"), body  # no deletionTimestamp: a restart
+        namespace.api.call("DELETE", f"/api/v1/namespaces/{namespace.name}/pods/{POD}")
+        status, body = agent.get("/prestop", timeout=BOUND)
+        assert (status, body) == (200, "shutdown: not_relayed\n")  # deleted: the sequence runs despite liveness
+        assert agent.wait_exit(timeout=BOUND) == 0
+        said = [r["message"] for r in agent.log_records() if r["message"].startswith("shutdown started by")]
+        assert said == ["shutdown started by GET /prestop: draining until the pod has left its EndpointSlices plus "
+                        "1s (at least 1s, at most 1s)"], said
