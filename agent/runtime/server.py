@@ -15,11 +15,15 @@ from agent.logs import event
 from agent.probes import Probe
 from agent.runtime.health import Answer, Health
 from agent.runtime.metrics import Metrics
+from agent.runtime.tasks import TaskKind, Tasks
 from agent.units import is_loopback_host
 
 log = logging.getLogger("agent.server")
 TEXT = "text/plain"
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class PrestopWait(Protocol):
@@ -46,8 +50,10 @@ class ProbeServer:
 
     def __init__(self, health: Health, metrics: Metrics, *, status: Callable[[], Awaitable[dict[str, Any]]],
                  agent_live: Callable[[], list[str]], heartbeats: dict[str, float], controls: Controls,
-                 token: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 token: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 tasks: Tasks | None = None) -> None:
         self.health, self.metrics, self.status, self.agent_live = health, metrics, status, agent_live
+        self.tasks = tasks or Tasks(metrics.count_task_failure)
         self.controls, self.token = controls, token
         self.heartbeats, self.clock = heartbeats, clock
         self.heartbeat_checks = {s.name for s in health.specs if s.type == "heartbeat"}
@@ -57,20 +63,40 @@ class ProbeServer:
         self.port: int | None = None
 
     def _routes(self, router: web.UrlDispatcher) -> None:
+        def add(method: str, path: str, handler: Handler) -> None:
+            guarded = self._guarded(handler, f"server:{method} {path}")
+            if method == "GET":
+                router.add_get(path, guarded)  # and HEAD
+            else:
+                router.add_route(method, path, guarded)
+
         for probe in Probe:
-            router.add_get(f"/{probe.path}", self._probe_handler(probe))
-            router.add_get(f"/{probe.path}/{{name}}", self._one_handler(probe))
-        router.add_get("/agent/livez", self.agent_livez)
-        router.add_get("/agent/readyz", self.agent_readyz)
-        router.add_get("/status", self.get_status)
-        router.add_get("/metrics", self.get_metrics)
-        router.add_post("/heartbeat/{name}", self.post_heartbeat)
-        router.add_get("/prestop", self._admin(self.prestop))
-        router.add_get("/prestop/wait", self.prestop_wait)
-        router.add_post("/quitquitquit", self._admin(self.quitquitquit))
-        router.add_post("/admin/drain", self._admin(self.drain))
-        router.add_post("/admin/undrain", self._admin(self.undrain))
-        router.add_post("/admin/reload", self._admin(self.reload))
+            add("GET", f"/{probe.path}", self._probe_handler(probe))
+            add("GET", f"/{probe.path}/{{name}}", self._one_handler(probe))
+        add("GET", "/agent/livez", self.agent_livez)
+        add("GET", "/agent/readyz", self.agent_readyz)
+        add("GET", "/status", self.get_status)
+        add("GET", "/metrics", self.get_metrics)
+        add("POST", "/heartbeat/{name}", self.post_heartbeat)
+        add("GET", "/prestop", self._admin(self.prestop))
+        add("GET", "/prestop/wait", self.prestop_wait)
+        add("POST", "/quitquitquit", self._admin(self.quitquitquit))
+        add("POST", "/admin/drain", self._admin(self.drain))
+        add("POST", "/admin/undrain", self._admin(self.undrain))
+        add("POST", "/admin/reload", self._admin(self.reload))
+
+    def _guarded(self, handler: Handler, name: str) -> Handler:
+        """A handler whose unexpected exception is logged and counted as the server task's failure (aiohttp would
+        log it in its own words and count nothing), and answered 500; the agent goes on."""
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except (web.HTTPException, ConnectionError):
+                raise  # an answer aiohttp gives (413 for a body over the cap), or a client that went away
+            except Exception as exc:  # noqa: BLE001 - see above
+                self.tasks.failed(TaskKind.SERVER, name, exc)
+                return web.Response(status=500, text="internal error; see the agent's log\n", content_type=TEXT)
+        return guarded
 
     def _admin(self, handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable[[web.Request], Any]:
         """Guard an admin handler: refused callers get 401/403 and nothing happens."""
