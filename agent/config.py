@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,6 +77,13 @@ class AppConfig:
     exit_with_app: bool = False
 
 
+class StopScope(enum.StrEnum):
+    """Whom the stop signal (and the final SIGKILL) reaches."""
+
+    GROUP = "group"  # the app's process group (in run mode only when no process of the agent's own container is in it)
+    PROCESS = "process"  # the app alone
+
+
 @dataclass(frozen=True)
 class DrainConnections:
     port: int
@@ -88,7 +96,7 @@ class ShutdownConfig:
     relay_signal: bool = True
     stop_signal: str = "SIGTERM"
     stop_timeout: float = 20.0
-    stop_scope: str = "group"
+    stop_scope: StopScope = StopScope.GROUP
     drain_connections: DrainConnections | None = None
     grace_period: float = 30.0
 
@@ -163,7 +171,7 @@ SHUTDOWN = Section([
     Field("relay_signal", Bool(), True, "send stop_signal to the app after draining"),
     Field("stop_signal", SignalName(), "SIGTERM", "the signal relayed to the app"),
     Field("stop_timeout", Duration(positive=True), 20.0, "how long the app may take to exit before SIGKILL"),
-    Field("stop_scope", Enum(["group", "process"]), "group",
+    Field("stop_scope", Enum(StopScope), StopScope.GROUP,
           "group: the stop signal reaches the app's process group (in run mode only when no process of the agent's own "
           "container is in it); process: the app alone. At stop_timeout whatever is left of the app's tree is SIGKILLed "
           "either way"),

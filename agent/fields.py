@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import reprlib
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -306,7 +306,8 @@ class Enum(Kind):
     def shape(self) -> str:
         return "one of " + ", ".join(f"`{c}`" for c in self.choices)
 
-    def __init__(self, choices: Sequence[str], *, ignore_case: bool = False) -> None:
+    def __init__(self, choices: Iterable[str], *, ignore_case: bool = False) -> None:
+        # An enum.StrEnum class is an iterable of its members: parsing then gives the member itself.
         self.choices, self.ignore_case = tuple(choices), ignore_case
 
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
@@ -316,6 +317,9 @@ class Enum(Kind):
                 if key == (choice.lower() if self.ignore_case else choice):
                     return choice
         raise Invalid(f"expected one of {', '.join(self.choices)}, got {describe(value)}")
+
+    def dump(self, value: Any) -> Any:
+        return str(value)  # a StrEnum member as its plain value (YAML's safe dumper knows only plain str)
 
     def schema(self) -> dict[str, Any]:
         if self.ignore_case:

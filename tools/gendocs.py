@@ -30,6 +30,7 @@ from agent.lint.findings import RULES, Rule  # noqa: E402
 from agent.runtime.metrics import LABEL_VALUES, METRICS, MetricDef  # noqa: E402
 from agent.runtime.shutdown import ShutdownOutcome  # noqa: E402
 from agent.runtime.tasks import TaskKind  # noqa: E402
+from agent.webhook.admission import ReviewResult  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- END generated: (?P=name) -->)",
                    re.DOTALL)
@@ -134,6 +135,7 @@ def blocks(top: Sequence[Field] = TOP, common: Sequence[Field] = COMMON,
         "docs/metrics.md": {"metrics": metric_table(metrics, LABEL_VALUES)},
         "docs/shutdown.md": {"shutdown-outcomes": value_table("outcome", ShutdownOutcome)},
         "docs/probes.md": {"task-kinds": value_table("task", TaskKind)},
+        "docs/webhook.md": {"review-results": value_table("result", ReviewResult)},
         "docs/lint.md": {"lint-rules": rule_table(rules)},
     }
 

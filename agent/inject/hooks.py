@@ -18,10 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.config import ShutdownConfig
 from agent.inject.settings import LISTEN_PORT
-from agent.lint.commands import SHELLS, sleeps_first
+from agent.kube.facts import SHELLS
+from agent.lint.commands import sleeps_first
 
-DRAIN_SECONDS = 5  # the config's default drain_delay: readiness (2 s) seen failing, plus the endpoints' lag
+# The config's default drain_delay: readiness (2 s) seen failing, plus the endpoints' lag.
+DRAIN_SECONDS = int(ShutdownConfig().drain_delay)
 WAIT_PATH = "/prestop/wait"
 
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.config import ShutdownConfig
+from agent.config import ShutdownConfig, StopScope
 from agent.logs import event
 from agent.process.tree import Member, describe, signal_each
 from agent.runtime.health import Health
@@ -68,9 +68,9 @@ class AppTarget(Protocol):
 
     async def alive(self) -> bool: ...
 
-    def send(self, signum: int, scope: str) -> str: ...
+    def send(self, signum: int, scope: StopScope) -> str: ...
 
-    def kill(self, scope: str) -> list[Member]: ...
+    def kill(self, scope: StopScope) -> list[Member]: ...
 
     def leftovers(self) -> list[Member]: ...
 

@@ -24,7 +24,7 @@ from prometheus_client.exposition import choose_encoder
 from agent.inject import InjectError, Options, Outcome, inject_template  # the same code path as `inject`
 from agent.logs import event
 from agent.units import format_address
-from agent.webhook.admission import BadReview, Decision, Mutate, Review, decide, parse
+from agent.webhook.admission import BadReview, Decision, Mutate, Review, ReviewResult, decide, parse
 
 log = logging.getLogger("agent.webhook")
 
@@ -170,7 +170,7 @@ class WebhookServer:
             decision = decide(review, self.mutate, self.refusals)
         except Exception:  # a bug in the mutation fails this review (500), never the server
             log.exception("the injection failed on pod %s (review %s)", review.name, review.uid)
-            self.metrics.reviews.labels("error", _flag(review.dry_run)).inc()
+            self.metrics.reviews.labels(ReviewResult.ERROR.value, _flag(review.dry_run)).inc()
             return web.Response(status=500, text="internal error in the injection\n", content_type=TEXT)
         self._record(review, decision)
         self.metrics.duration.observe(self.clock() - started)
@@ -178,13 +178,13 @@ class WebhookServer:
 
     def _record(self, review: Review, decision: Decision) -> None:
         """Count and log one decision. A dry run applies nothing: counted apart, logged as what would happen."""
-        self.metrics.reviews.labels(decision.result, _flag(review.dry_run)).inc()
-        fields = {"pod": review.name, "uid": review.uid, "dry_run": review.dry_run, "result": decision.result}
-        if decision.result in ("injected", "changed"):
+        self.metrics.reviews.labels(decision.result.value, _flag(review.dry_run)).inc()
+        fields = {"pod": review.name, "uid": review.uid, "dry_run": review.dry_run, "result": decision.result.value}
+        if decision.result in (ReviewResult.INJECTED, ReviewResult.CHANGED):
             done = "dry run: would inject" if review.dry_run else "injected"
             event(log, logging.INFO, f"{done} the agent into pod {review.name}"
                   + "".join(f"; {w}" for w in decision.warnings), **fields)
-        elif decision.result == "refused":
+        elif decision.result is ReviewResult.REFUSED:
             done = "dry run: would refuse" if review.dry_run else "refused"
             event(log, logging.WARNING, f"{done} pod {review.name}: {decision.message}", **fields)
         else:
