@@ -32,6 +32,7 @@ from agent.fields import (
     object_schema,
     optional,
     parse_mapping,
+    with_defaults,
 )
 from agent.probes import NAMES as PROBE_NAMES
 from agent.probes import Probe
@@ -145,9 +146,9 @@ class CheckTypeName(Kind):
         return Enum(checks.type_names()).schema()
 
 
-LOG = Section([Field("level", Enum(["debug", "info", "warning", "error"], ignore_case=True), "info",
-                     "the least severe level logged"),
-               Field("format", Enum(["json", "text"]), "json", "json: one object a line, to stdout; text: for people")],
+LOG = Section([Field("level", Enum(["debug", "info", "warning", "error"], ignore_case=True),
+                     doc="the least severe level logged"),
+               Field("format", Enum(["json", "text"]), doc="json: one object a line, to stdout; text: for people")],
               LogConfig)
 ADMIN = Section([optional("token_file", Str(), "file holding the bearer token for admin calls"),
                  optional("token_env", Str(), "environment variable holding the bearer token")], AdminConfig)
@@ -162,28 +163,28 @@ MATCH = Section([optional("pidfile", Str(), "file holding the app's pid"),
                 if match.other_containers is False else None)
 APP = Section([optional("match", MATCH, "how to find the app process: exactly one of pidfile, name, cmdline, "
                         "other_containers"),
-               Field("exit_with_app", Bool(), False, "exit when the app exits (Jobs)")], AppConfig)
+               Field("exit_with_app", Bool(), doc="exit when the app exits (Jobs)")], AppConfig)
 DRAIN_CONNECTIONS = Section([Field("port", Number(integer=True, minimum=1, maximum=65535), doc="the app's serving port"),
                              Field("timeout", Duration(positive=True), doc="the longest to wait for its connections")],
                             DrainConnections)
 SHUTDOWN = Section([
-    Field("drain_delay", Duration(), 5.0, "how long readiness fails before the app is signalled"),
-    Field("relay_signal", Bool(), True, "send stop_signal to the app after draining"),
-    Field("stop_signal", SignalName(), "SIGTERM", "the signal relayed to the app"),
-    Field("stop_timeout", Duration(positive=True), 20.0, "how long the app may take to exit before SIGKILL"),
-    Field("stop_scope", Enum(StopScope), StopScope.GROUP,
-          "group: the stop signal reaches the app's process group (in run mode only when no process of the agent's own "
+    Field("drain_delay", Duration(), doc="how long readiness fails before the app is signalled"),
+    Field("relay_signal", Bool(), doc="send stop_signal to the app after draining"),
+    Field("stop_signal", SignalName(), doc="the signal relayed to the app"),
+    Field("stop_timeout", Duration(positive=True), doc="how long the app may take to exit before SIGKILL"),
+    Field("stop_scope", Enum(StopScope),
+          doc="group: the stop signal reaches the app's process group (in run mode only when no process of the agent's own "
           "container is in it); process: the app alone. At stop_timeout whatever is left of the app's tree is SIGKILLed "
           "either way"),
     optional("drain_connections", DRAIN_CONNECTIONS,
              "also wait, during the drain, until the app's established connections on port reach zero (idle "
              "keep-alive connections of a client's pool count)"),
-    Field("grace_period", Duration(positive=True), 30.0,
-          "the pod's terminationGracePeriodSeconds: a longer shutdown budget is refused"),
+    Field("grace_period", Duration(positive=True),
+          doc="the pod's terminationGracePeriodSeconds: a longer shutdown budget is refused"),
 ], ShutdownConfig)
 AGENT = Section([
-    Field("max_loop_lag", Duration(positive=True), 2.0, "/agent/livez fails when the event loop lags more than this"),
-    Field("max_concurrent_exec", Number(integer=True, minimum=1, maximum=256), 8, "exec checks running at once"),
+    Field("max_loop_lag", Duration(positive=True), doc="/agent/livez fails when the event loop lags more than this"),
+    Field("max_concurrent_exec", Number(integer=True, minimum=1, maximum=256), doc="exec checks running at once"),
 ], AgentLimits)
 COMMON = (
     Field("type", CheckTypeName(), doc="the check type: a built-in one or a plug-in's"),
@@ -196,14 +197,15 @@ COMMON = (
     Field("success_threshold", Number(integer=True, minimum=1), 1, "passing runs in a row before it passes again"),
     Field("allow_in_liveness", Bool(), False, "permit a dependency check under liveness"),
 )
-TOP = (
-    Field("listen", Address(default_host="0.0.0.0"), ("0.0.0.0", 8686), "address of the one listener: host:port or :port"),
-    Field("log", LOG, LogConfig()),
-    Field("admin", ADMIN, AdminConfig()),
-    Field("app", APP, AppConfig()),
-    Field("shutdown", SHUTDOWN, ShutdownConfig()),
-    Field("agent", AGENT, AgentLimits()),
-)
+# The top level's defaults are Config's: a missing section is its dataclass with no arguments, as `section: {}` is.
+TOP = with_defaults((
+    Field("listen", Address(default_host="0.0.0.0"), doc="address of the one listener: host:port or :port"),
+    Field("log", LOG),
+    Field("admin", ADMIN),
+    Field("app", APP),
+    Field("shutdown", SHUTDOWN),
+    Field("agent", AGENT),
+), Config)
 
 
 def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import reprlib
 import signal
@@ -457,15 +458,42 @@ class Field:
         return self.default is _MISSING
 
 
+def with_defaults(fields: Sequence[Field], build: Callable[..., Any], *, strict: bool = True) -> tuple[Field, ...]:
+    """`fields` with each default taken from the dataclass `build` they are parsed into, where it is written once.
+
+    A field that writes a default of its own as well is refused (ValueError, at import); with `strict` False (a
+    plug-in's check type, written before this rule) only when the two differ. A field of a section, whose default is
+    the section's own dataclass built with no arguments, needs none written either.
+    """
+    if not (isinstance(build, type) and dataclasses.is_dataclass(build)):
+        return tuple(fields)
+    defaults: dict[str, Any] = {}
+    for attr in dataclasses.fields(build):
+        if attr.default is not dataclasses.MISSING:
+            defaults[attr.name] = attr.default
+        elif attr.default_factory is not dataclasses.MISSING:
+            defaults[attr.name] = attr.default_factory()
+    out = []
+    for f in fields:
+        if f.name in defaults:
+            # (optional() writes None, which says "no default" rather than repeating one)
+            if f.default is not _MISSING and (f.default != defaults[f.name] or (strict and f.default is not None)):
+                raise ValueError(f"the default of {build.__name__}.{f.name} is written twice: on the dataclass "
+                                 f"({defaults[f.name]!r}) and on its Field ({f.default!r}); keep the dataclass's")
+            f = dataclasses.replace(f, default=defaults[f.name])
+        out.append(f)
+    return tuple(out)
+
+
 class Section(Kind):
-    """A mapping with known keys, built into a frozen dataclass by `build`."""
+    """A mapping with known keys, built into a frozen dataclass by `build`; the defaults are the dataclass's."""
 
     def shape(self) -> str:
         return "mapping"
 
     def __init__(self, fields: Sequence[Field], build: Callable[..., Any],
                  *, one_of: Sequence[str] = (), check: Callable[[Any, str, Problems], None] | None = None) -> None:
-        self.fields = tuple(fields)
+        self.fields = with_defaults(fields, build)
         self.build = build
         self.one_of = tuple(one_of)
         self.check = check

@@ -300,12 +300,12 @@ TYPE = CheckType(
     name="dns",
     fields=(
         Field("name", Str(), doc="the name to resolve"),
-        Field("record_type", Enum(list(RECORD_TYPES), ignore_case=True), "A",
-              "A, AAAA, CNAME, MX, NS, SRV or TXT"),
+        Field("record_type", Enum(list(RECORD_TYPES), ignore_case=True),
+              doc="A, AAAA, CNAME, MX, NS, SRV or TXT"),
         optional("nameserver", Nameserver(),
                  "host:port of a nameserver to ask directly; without it A and AAAA go through the system "
                  "resolver (getaddrinfo) and other types to the first nameserver of /etc/resolv.conf"),
-        Field("require_records", Bool(), True, "fail on an answer with no records of the type"),
+        Field("require_records", Bool(), doc="fail on an answer with no records of the type"),
     ),
     params=Params,
     create=_create,
