@@ -130,9 +130,6 @@ class Config:
     agent: AgentLimits = AgentLimits()
     secrets: frozenset[str] = frozenset()
 
-    def check(self, name: str) -> CheckSpec[object] | None:
-        return next((c for c in self.checks if c.name == name), None)
-
 
 class CheckTypeName(Kind):
     """The `type` of a check: a name the registry knows, asked when first needed (not at import)."""

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from agent import listener
 from agent.logs import event
 from agent.probes import Probe
 from agent.runtime.health import Answer, Health
@@ -212,23 +213,14 @@ class ProbeServer:
         """Bind and serve; `port` 0 picks a free one, readable afterwards from `self.port`."""
         # Idle keep-alive connections are closed after 15 s; the request line and each header are capped at
         # 8 KiB and a request at 128 headers, so one request's head stays under about 1 MiB.
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
-                                    keepalive_timeout=15.0, max_line_size=8190, max_field_size=8190, max_headers=128)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True, backlog=1024)
-        try:
-            await site.start()
-        except BaseException:
-            await self.runner.cleanup()
-            raise
-        addresses = self.runner.addresses  # (host, port) or, for IPv6, (host, port, flowinfo, scope_id)
-        self.port = int(addresses[0][1]) if addresses else port
+        self.runner, self.port = await listener.start(
+            self.app, host, port, backlog=1024, shutdown_timeout=1.0, keepalive_timeout=15.0,
+            max_line_size=8190, max_field_size=8190, max_headers=128)
         event(log, logging.INFO, f"serving probes on {host}:{self.port}", listen=f"{host}:{self.port}")
 
     async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        runner, self.runner = self.runner, None
+        await listener.close(runner)
 
 
 def _text(answer: Answer) -> web.Response:

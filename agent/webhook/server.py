@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
+from agent import listener
 from agent.inject import InjectError, Options, Outcome, inject_template  # the same code path as `inject`
 from agent.logs import event
 from agent.units import format_address
@@ -199,24 +200,16 @@ class WebhookServer:
 
     async def start(self, host: str, port: int) -> None:
         """Bind and serve over TLS; `port` 0 picks a free one, readable afterwards from `self.port`."""
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS,
-                                    keepalive_timeout=KEEPALIVE_SECONDS)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, ssl_context=self.certificates.listening, reuse_address=True)
-        try:
-            await site.start()
-        except BaseException:
-            await self.runner.cleanup()
-            raise
-        self.port = int(self.runner.addresses[0][1])
+        self.runner, self.port = await listener.start(self.app, host, port, ssl_context=self.certificates.listening,
+                                                      shutdown_timeout=SHUTDOWN_SECONDS,
+                                                      keepalive_timeout=KEEPALIVE_SECONDS)
         event(log, logging.INFO, f"webhook serving on https://{format_address(host, self.port)}/inject",
               listen=format_address(host, self.port))
 
     async def close(self) -> None:
         """Stop accepting, let in-flight reviews finish (bounded), close every connection."""
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        runner, self.runner = self.runner, None
+        await listener.close(runner)
 
 
 def _flag(value: bool) -> str:
