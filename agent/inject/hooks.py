@@ -20,6 +20,7 @@ from typing import Any
 
 from agent.config import ShutdownConfig
 from agent.inject.settings import LISTEN_PORT
+from agent.kube import versions
 from agent.kube.facts import SHELLS
 from agent.lint.commands import sleeps_first
 
@@ -35,7 +36,7 @@ def agent_pre_stop(native: bool) -> dict[str, Any] | None:
 
 def app_pre_stop(version: tuple[int, int]) -> dict[str, Any]:
     """The app container's hook: hold its SIGTERM until the drain is over."""
-    if version >= (1, 30):
+    if version >= versions.SLEEP_ACTION:
         return {"sleep": {"seconds": DRAIN_SECONDS}}
     return {"httpGet": {"path": WAIT_PATH, "port": LISTEN_PORT}}
 

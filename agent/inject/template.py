@@ -15,8 +15,9 @@ from agent.inject import container as agent_spec
 from agent.inject import hooks, probes, settings
 from agent.inject.api import InjectError, Options, Outcome
 from agent.inject.edits import Editor, Path, plain, undo, walk
-from agent.kube import kubelet_env
-from agent.kube.facts import DEFAULT_GRACE_PERIOD, GRACE_MARGIN_SECONDS, SidecarMode
+from agent.kube import kubelet_env, versions
+from agent.kube.facts import DEFAULT_GRACE_PERIOD, GRACE_MARGIN_SECONDS
+from agent.kube.qos import QosClass, QuantityError, pod_level, qos_class
 
 STATUS = "sidecar-agent.io/status"
 OPT_OUT = "sidecar-agent.io/inject"
@@ -69,18 +70,27 @@ def _skip_reason(template: Mapping[str, Any]) -> str | None:
 def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> Outcome:
     """Add the agent to a pod template ({"metadata", "spec"}); see agent.inject for the contract."""
     version = options.kubernetes_version
-    mode, job = SidecarMode.for_version(version), kind in JOBS
-    native = mode is SidecarMode.NATIVE
+    mode, job = versions.mode(version), kind in JOBS
+    native = mode.native
     result = plain(template)
     reason = _skip_reason(result)
     if reason:
         return _skip(result, reason)
+    try:  # the class the pod has before injection, which the agent's resources keep (pod-level resources keep it alone)
+        before = qos_class(result["spec"])
+    except QuantityError as exc:
+        raise InjectError(f"spec.{exc}", ("spec", *exc.path)) from None
+    guaranteed = before is QosClass.GUARANTEED and not pod_level(result["spec"])
     hooks_or_refusal = [] if job else _pre_stops(result["spec"], version)
     if isinstance(hooks_or_refusal, str):
         return _skip(result, hooks_or_refusal)
     edit = Editor(result)
     spec = result["spec"]
     notes: list[str] = []
+    if before is QosClass.BEST_EFFORT:
+        requests = agent_spec.REQUESTS
+        notes.append(f"QoS class BestEffort becomes Burstable: the agent requests cpu {requests['cpu']} and memory "
+                     f"{requests['memory']}")
     extra = settings.annotation_checks(_mapping(result.get("metadata"), "annotations"))
     generated, kept = _probes(edit, spec, job, notes)
     for base, hook, note in hooks_or_refusal:
@@ -115,7 +125,7 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     env = settings.copied_env(settings.variables(extra), spec["containers"])
     text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
     agent = agent_spec.agent_container(options.image, kubelet_env.escape(text), env, native=native,
-                                       pre_stop=None if job else hooks.agent_pre_stop(native))
+                                       pre_stop=None if job else hooks.agent_pre_stop(native), guaranteed=guaranteed)
     edit.append(("spec", "initContainers" if native else "containers"), agent)
 
     if not isinstance(result.get("metadata"), Mapping):
@@ -123,7 +133,8 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     if not isinstance(result["metadata"].get("annotations"), Mapping):
         edit.set(("metadata", "annotations"), {})
     status = {"version": __version__, "kubernetes": f"{version[0]}.{version[1]}",
-              "sidecar": mode.value, "checks": list(checks), "kept": kept, "edits": edit.record}
+              "kubernetes_from": options.kubernetes_source.value,
+              "sidecar": mode.sidecar, "checks": list(checks), "kept": kept, "edits": edit.record}
     result["metadata"]["annotations"][STATUS] = json.dumps(status, separators=(",", ":"))
     return Outcome(result, True, notes)
 

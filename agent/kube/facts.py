@@ -1,12 +1,11 @@
-"""Facts about Kubernetes, the kubelet and the commands containers run, which inject, lint and the app watcher share.
+"""Facts about Kubernetes, the kubelet and the commands containers run, which inject, lint and the app watcher share
+(the versions that decide the sidecar mode are agent.kube.versions').
 
 A leaf module (the standard library only): each fact is written here once, and no part imports another's rules
 to learn it.
 """
 
 from __future__ import annotations
-
-import enum
 
 # terminationGracePeriodSeconds when a pod spec leaves it out.
 DEFAULT_GRACE_PERIOD = 30
@@ -34,17 +33,3 @@ SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh", "busybox"})
 LAUNCHERS = frozenset({"npm", "yarn"})
 NODE_LAUNCHER_SCRIPTS = frozenset({"npm", "npm-cli.js", "yarn", "yarn.js", "yarn.cjs"})
 
-
-class SidecarMode(enum.StrEnum):
-    """How the agent runs beside the app: the `sidecar` of an injected pod's status annotation."""
-
-    NATIVE = "native"  # an init container with restartPolicy: Always (Kubernetes 1.29 on)
-    REGULAR = "regular"  # one more regular container
-
-    @classmethod
-    def for_version(cls, version: tuple[int, int]) -> SidecarMode:
-        """The mode a kubelet of this version runs: native sidecars are on by default from 1.29."""
-        return cls.NATIVE if version >= NATIVE_SIDECAR_SINCE else cls.REGULAR
-
-
-NATIVE_SIDECAR_SINCE = (1, 29)
