@@ -34,6 +34,7 @@ from agent.fields import (
     parse_mapping,
     with_defaults,
 )
+from agent.logs import LogFormat, LogLevel
 from agent.probes import NAMES as PROBE_NAMES
 from agent.probes import Probe
 from agent.yamlread import YamlError, read_document
@@ -53,8 +54,8 @@ checks: {}
 
 @dataclass(frozen=True)
 class LogConfig:
-    level: str = "info"
-    format: str = "json"
+    level: LogLevel = LogLevel.INFO
+    format: LogFormat = LogFormat.JSON
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,9 @@ class CheckTypeName(Kind):
         return Enum(checks.type_names()).schema()
 
 
-LOG = Section([Field("level", Enum(["debug", "info", "warning", "error"], ignore_case=True),
+LOG = Section([Field("level", Enum(LogLevel, ignore_case=True),
                      doc="the least severe level logged"),
-               Field("format", Enum(["json", "text"]), doc="json: one object a line, to stdout; text: for people")],
+               Field("format", Enum(LogFormat), doc="json: one object a line, to stdout; text: for people")],
               LogConfig)
 ADMIN = Section([optional("token_file", Str(), "file holding the bearer token for admin calls"),
                  optional("token_env", Str(), "environment variable holding the bearer token")], AdminConfig)
