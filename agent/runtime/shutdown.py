@@ -47,8 +47,8 @@ class ShutdownOutcome(enum.StrEnum):
               "(no shared process namespace)")
     NOT_RELAYED = ("not_relayed", "`relay_signal: false`: the kubelet signals the app once `/prestop` has drained")
     ERROR = ("error", "an internal error in the sequence (logged with its traceback, counted in "
-             "`sidecar_task_failures_total{task=\"shutdown\"}`): the app still gets `stop_signal`, then SIGKILL at "
-             "`stop_timeout`, and the agent exits 1")
+             "`sidecar_task_failures_total{task=\"shutdown\"}`): with `relay_signal` the app still gets `stop_signal` "
+             "(unless it already had it), then SIGKILL at `stop_timeout`; the agent exits 1")
 
     def __new__(cls, value: str, description: str) -> ShutdownOutcome:
         member = str.__new__(cls, value)
@@ -388,11 +388,13 @@ class Shutdown:
         self.drained.set()
         self._signal_logged()  # anything that waited for the stop signal's log line may go now
         if target is not None and cfg.relay_signal:
-            self._enter(Phase.STOPPING, f"the sequence failed: sending {cfg.stop_signal} to the app anyway")
             try:
-                whom = await run_internal(target.send, signal.Signals[cfg.stop_signal], cfg.stop_scope)
-                event(log, logging.WARNING, f"after the internal error, sent {cfg.stop_signal} to {whom}; waiting up "
-                      f"to {format_duration(cfg.stop_timeout)}", signal=cfg.stop_signal)
+                if self.report.signalled_after is None:  # not sent yet (once is enough: a second may mean more)
+                    self._enter(Phase.STOPPING, f"the sequence failed: sending {cfg.stop_signal} to the app anyway")
+                    self.report.signalled_after = round(self.clock() - self._started_at, 6)
+                    whom = await run_internal(target.send, signal.Signals[cfg.stop_signal], cfg.stop_scope)
+                    event(log, logging.WARNING, f"after the internal error, sent {cfg.stop_signal} to {whom}; waiting "
+                          f"up to {format_duration(cfg.stop_timeout)}", signal=cfg.stop_signal)
                 if not await self._until(target.wait_exit(cfg.stop_timeout), cfg.stop_timeout):
                     killed = await run_internal(target.kill, cfg.stop_scope)
                     if killed:

@@ -97,3 +97,24 @@ async def test_a_failing_sequence_still_signals_the_app_then_kills_it_at_stop_ti
     assert shutdown.report.error == "internal error in the shutdown sequence (RuntimeError); see the agent's log"
     assert counted == [TaskKind.SHUTDOWN]
     await shutdown.close()
+
+
+class FailsAfterTheSignal(StubbornApp):
+    """Found and signalled as usual; what fails is the look at what is left once stop_timeout has passed."""
+
+    async def alive(self) -> bool:
+        return True
+
+    def remaining(self) -> str | None:
+        raise RuntimeError("cannot read the tree")
+
+
+async def test_a_sequence_that_fails_after_the_stop_signal_does_not_send_it_twice() -> None:
+    app = FailsAfterTheSignal()
+    config = ShutdownConfig(drain_delay=0.0, stop_timeout=0.05)
+    shutdown = Shutdown(Health([], FakeClock()), config, app, tasks=Tasks())
+    shutdown.trigger("test")
+    await asyncio.wait_for(shutdown.stopped.wait(), 30)
+    assert app.calls == ["send SIGTERM group", "kill group"]
+    assert shutdown.report.outcome is ShutdownOutcome.ERROR and shutdown.report.signalled_after is not None
+    await shutdown.close()
