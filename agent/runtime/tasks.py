@@ -88,9 +88,12 @@ class Tasks:
         await self._await({task}, grace)
 
     async def close(self, grace: float = CLOSE_GRACE) -> None:
-        """Cancel every task still running and await them (bounded); no task starts afterwards."""
+        """Cancel every task still running and await them (bounded); no task starts afterwards.
+
+        A task already cancelled was its owner's to await (the engine's stuck check runs, abandoned after their
+        grace): it is not waited for twice."""
         self.closed = True
-        tasks = set(self.running)
+        tasks = {task for task in self.running if not task.cancelling()}
         for task in tasks:
             task.cancel()
         await self._await(tasks, grace)
