@@ -78,6 +78,7 @@ def test_a_failing_shutdown_sequence_still_stops_the_app_ends_in_error_and_exits
     with agent_with("shutdown", extra_args=("--", sys.executable, "-c", app)) as agent:
         assert isinstance(agent, AgentProcess)
         agent.wait_for(lambda: any("fault armed: shutdown" in line for line in agent.logs()))
+        agent.wait_for(lambda: "app: started" in agent.logs())  # its SIGTERM handler is in place
         answer: list[tuple[int, str]] = []
         held = threading.Thread(target=lambda: answer.append(agent.get("/prestop", timeout=90)))
         held.start()
