@@ -70,20 +70,21 @@ def others_zero(agent: AgentProcess, kind: str) -> None:
 
 
 def test_a_failing_shutdown_sequence_still_stops_the_app_ends_in_error_and_exits_1(agent_with) -> None:  # type: ignore[no-untyped-def]
-    # The app ignores SIGTERM (and says so): only the SIGKILL after the stop signal ends it.
-    app = ("import signal, sys, time\n"
-           "signal.signal(signal.SIGTERM, lambda *a: print('app: SIGTERM ignored', flush=True))\n"
-           "print('app: started', flush=True)\n"
+    # The app ignores SIGTERM (and says so): only the SIGKILL after the stop signal ends it. Each line is one write,
+    # which the pipe it shares with the agent keeps whole.
+    app = ("import os, signal, time\n"
+           "signal.signal(signal.SIGTERM, lambda *a: os.write(1, b'app: SIGTERM ignored\\n'))\n"
+           "os.write(1, b'app: started\\n')\n"
            "while True: time.sleep(1)\n")
     with agent_with("shutdown", extra_args=("--", sys.executable, "-c", app)) as agent:
         assert isinstance(agent, AgentProcess)
         agent.wait_for(lambda: any("fault armed: shutdown" in line for line in agent.logs()))
-        agent.wait_for(lambda: "app: started" in agent.logs())  # its SIGTERM handler is in place
+        agent.wait_for(lambda: any("app: started" in line for line in agent.logs()))  # its SIGTERM handler is in place
         answer: list[tuple[int, str]] = []
         held = threading.Thread(target=lambda: answer.append(agent.get("/prestop", timeout=90)))
         held.start()
         failed_line(agent, "shutdown")
-        agent.wait_for(lambda: "app: SIGTERM ignored" in agent.logs(), timeout=30)  # the stop signal went out anyway
+        agent.wait_for(lambda: any("app: SIGTERM ignored" in line for line in agent.logs()), timeout=30)  # the stop signal went out anyway
         assert failures(agent, "shutdown") == 1
         others_zero(agent, "shutdown")
         agent.signal(signal.SIGINT)  # skip the rest of stop_timeout: the same path as reaching it
