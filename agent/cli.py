@@ -19,11 +19,11 @@ import yaml
 
 from agent import DEFAULT_KUBERNETES, IMAGE, __version__, checks, logs
 from agent.checks import PluginError
-from agent.config import CONFIG_TEXT_ENV, DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
+from agent.config import ANY_HOST, CONFIG_TEXT_ENV, DEFAULT_CONFIG, DEFAULT_LISTEN, Config, ConfigError, dump, json_schema, load
 from agent.kube.versions import FALLBACK, Chosen, Source
 from agent.probes import Probe
 from agent.runtime import threads, watchdog
-from agent.units import parse_address, parse_duration
+from agent.units import format_address, parse_address, parse_duration
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 KUBERNETES = ".".join(map(str, DEFAULT_KUBERNETES))  # the default of --kubernetes-version
@@ -64,13 +64,15 @@ def _parser() -> argparse.ArgumentParser:
                         f"sleep from 1.30 (default: {KUBERNETES})")
     inject.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     inject.add_argument("--remove", action="store_true", help="take an injection back out, restoring the pod templates")
-    stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a preStop hook)")
-    stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit on loopback at the port of "
-                      "$SIDECAR_AGENT_LISTEN, else 8686)")
+    stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a native sidecar's "
+                          "preStop hook): the agent drains, then serves until its SIGTERM")
+    stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit?exit=sigterm on loopback at the port "
+                      "of $SIDECAR_AGENT_LISTEN, else 8686)")
     hook = sub.add_parser("webhook", help="serve the mutating admission webhook that adds the agent to new pods")
     hook.add_argument("--tls-cert", required=True, metavar="FILE", help="the serving certificate (PEM, chain first)")
     hook.add_argument("--tls-key", required=True, metavar="FILE", help="its private key (PEM)")
-    hook.add_argument("--listen", default="0.0.0.0:8443", metavar="ADDR", help="address to serve on (default: %(default)s)")
+    hook.add_argument("--listen", default="[::]:8443", metavar="ADDR", help="address to serve on (default: %(default)s, "
+                      "IPv4 and IPv6)")
     hook.add_argument("--kubernetes-version", metavar="X.Y|auto", help="the version of the OLDEST KUBELET in the "
                       "cluster (not the API server's), which decides the sidecar mode: a native sidecar from 1.29, a "
                       "preStop sleep from 1.30; auto: read from the nodes (the service account may list nodes), again "
@@ -104,7 +106,7 @@ def read_config(path: str | None, env: Mapping[str, str], *, app_is_child: bool 
 def _with_overrides(config: Config, listen: str | None, env: Mapping[str, str]) -> Config:
     if listen:
         try:
-            config = dataclasses.replace(config, listen=parse_address(listen, default_host="0.0.0.0", any_port=True))
+            config = dataclasses.replace(config, listen=parse_address(listen, default_host=ANY_HOST, any_port=True))
         except ValueError as exc:
             raise UsageError(f"sidecar-agent: --listen: {exc}") from None
     if config.admin.token_file:
@@ -241,7 +243,7 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     auto = (args.kubernetes_version or "").strip() == "auto"
     chosen = None if auto else chosen_kubernetes(args.kubernetes_version)
     try:
-        host, port = parse_address(args.listen, default_host="0.0.0.0", any_port=True)
+        host, port = parse_address(args.listen, default_host=ANY_HOST, any_port=True)
     except ValueError as exc:
         raise UsageError(f"sidecar-agent: --listen: {exc}") from None
     if not args.image.strip():
@@ -307,13 +309,16 @@ def cmd_stop(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     url = args.url
     if url is None:
-        port = 8686
+        host, port = DEFAULT_LISTEN
         if env.get("SIDECAR_AGENT_LISTEN"):
             try:
-                port = parse_address(env["SIDECAR_AGENT_LISTEN"], default_host="0.0.0.0", any_port=True)[1]
+                host, port = parse_address(env["SIDECAR_AGENT_LISTEN"], default_host=ANY_HOST, any_port=True)
             except ValueError as exc:
                 raise UsageError(f"sidecar-agent stop: SIDECAR_AGENT_LISTEN: {exc}") from None
-        url = f"http://127.0.0.1:{port}/quitquitquit"
+        # Loopback of the listener's family: an agent on [::1] only is not reached on 127.0.0.1; [::] is dual-stack.
+        # exit=sigterm: this is a native sidecar's preStop, and the kubelet sends the agent SIGTERM once the app
+        # containers have exited; the agent serves until then rather than exit while the app still stops.
+        url = f"http://{format_address('::1' if host == '::1' else '127.0.0.1', port)}/quitquitquit?exit=sigterm"
     accepted, report = request_stop(url)
     print(report, file=sys.stdout if accepted else sys.stderr)
     return EXIT_OK if accepted else 1

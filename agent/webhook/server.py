@@ -23,7 +23,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
-from agent import listener
+from agent import listen
+from agent.config import ANY_HOST
 from agent.inject import InjectError, Options, Outcome, inject_template  # the same code path as `inject`
 from agent.logs import event
 from agent.units import format_address
@@ -52,7 +53,7 @@ class Settings:
 
     cert: str
     key: str
-    host: str = "0.0.0.0"
+    host: str = ANY_HOST  # every address, IPv4 and IPv6: the API server calls the Service's pod IPs
     port: int = 8443
     options: Options = field(default_factory=Options)  # the image and the Kubernetes version, as `inject` takes them
 
@@ -205,16 +206,16 @@ class WebhookServer:
 
     async def start(self, host: str, port: int) -> None:
         """Bind and serve over TLS; `port` 0 picks a free one, readable afterwards from `self.port`."""
-        self.runner, self.port = await listener.start(self.app, host, port, ssl_context=self.certificates.listening,
-                                                      shutdown_timeout=SHUTDOWN_SECONDS,
-                                                      keepalive_timeout=KEEPALIVE_SECONDS)
+        self.runner, host, self.port = await listen.start(self.app, host, port, ssl_context=self.certificates.listening,
+                                                          shutdown_timeout=SHUTDOWN_SECONDS,
+                                                          keepalive_timeout=KEEPALIVE_SECONDS)
         event(log, logging.INFO, f"webhook serving on https://{format_address(host, self.port)}/inject",
               listen=format_address(host, self.port))
 
     async def close(self) -> None:
         """Stop accepting, let in-flight reviews finish (bounded), close every connection."""
         runner, self.runner = self.runner, None
-        await listener.close(runner)
+        await listen.close(runner)
 
 
 def _flag(value: bool) -> str:

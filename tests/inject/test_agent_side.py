@@ -33,12 +33,13 @@ def test_prestop_wait_waits_for_a_stop_it_does_not_start() -> None:
         answers: list[tuple[int, str]] = []
         waiter = threading.Thread(target=lambda: answers.append(agent.get("/prestop/wait", timeout=30)))
         waiter.start()
-        time.sleep(1.0)
-        assert answers == [] and agent.status()["phase"] == "running", "a caller alone changes nothing"
+        agent.wait_for(lambda: agent.status()["phase"] == "running")
+        assert answers == [], "a caller alone changes nothing (within the window)"
         sent = time.monotonic()
         agent.signal(signal.SIGTERM)
         waiter.join(30)
-        assert answers == [(200, "shutdown: not_relayed\n")]
+        assert [(code, body.split(" (")[0]) for code, body in answers] == [(200, "shutdown: not_relayed")]
+        assert "after this hook)" in answers[0][1]
         assert time.monotonic() - sent >= 1.0, "it returns once the drain is over"
         assert agent.wait_exit(30) == 0
 
@@ -48,6 +49,8 @@ def test_stop_starts_the_ordered_stop_on_loopback() -> None:
         done = subprocess.run([sys.executable, "-m", "agent", "stop"], capture_output=True, text=True, timeout=60,
                               env={"SIDECAR_AGENT_LISTEN": f"127.0.0.1:{agent.port}", "PATH": "/usr/bin:/bin"})
         assert done.returncode == 0, done.stderr
+        agent.wait_for(lambda: agent.status()["shutdown"]["waiting_for_sigterm_since"], 30)
+        agent.signal(signal.SIGTERM)  # a native sidecar's turn: it serves until then
         assert agent.wait_exit(30) == 0
     refused = subprocess.run([sys.executable, "-m", "agent", "stop", "--url", f"http://127.0.0.1:{agent.port}/quitquitquit"],
                              capture_output=True, text=True, timeout=60)
