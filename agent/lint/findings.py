@@ -61,7 +61,8 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "the preStop hook does not order the app's SIGTERM after the drain: it calls neither `/prestop` on the agent's "
          "port, nor `/prestop/wait` with something that starts the agent's stop at once (its own SIGTERM as a regular "
          "container, or its own preStop `sidecar-agent stop` as a native sidecar), nor, when the agent relays no signal, "
-         "sleeps at least the drain (another port, path or host, or a shorter sleep)"),
+         "sleeps at least the drain (another port, path or host, or a shorter sleep). Not for Jobs and CronJobs, which have "
+         "no Service to drain: their own hooks stay as they are"),
     Rule("prestop-no-token", ERROR,
          "a preStop `httpGet` to `/prestop` comes from the node, so the agent refuses it unless its config sets "
          "`admin.token_file` or `admin.token_env` (403) and the hook sends `Authorization: Bearer ...` (401); `$(VAR)` is "

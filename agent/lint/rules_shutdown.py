@@ -101,8 +101,12 @@ def _calls_prestop(ctx: Context, c: Container, h: Handler) -> str | None:
 
 
 def prestop_wrong_target(ctx: Context) -> Iterator[Finding]:
-    """A preStop hook that does not reach /prestop on the agent's port."""
-    if ctx.agent is None or ctx.agent.mode != "run":
+    """A preStop hook that does not reach /prestop on the agent's port.
+
+    Not in Jobs and CronJobs: their pods are no Service's endpoints and are not rolled out, so there is no drain for
+    the app's SIGTERM to wait for, and the user's own hook (an httpGet to the app's port, a short sleep) does what it
+    did without the agent; inject keeps it as it is and sets a drain of 0 s."""
+    if ctx.agent is None or ctx.agent.mode != "run" or ctx.workload.kind in NO_ROLLOUT:
         return
     for c in ctx.apps:
         if c.pre_stop is None or c is ctx.agent.container:
