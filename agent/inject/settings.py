@@ -125,15 +125,8 @@ def _load(config: Mapping[str, Any], env: Mapping[str, str]) -> Config:
     # The tree itself, not its YAML text: the safe dumper and reader give back the same plain values, and reading
     # the text again was half of an admission review's time.
     body = dict(config)
-    body["checks"] = {n: b for n, b in dict(body.get("checks") or {}).items() if not _not_installed(b)}
+    body["checks"] = {n: b for n, b in dict(body.get("checks") or {}).items() if not checks.not_installed(b)}
     return load_tree(body, env)
-
-
-def _not_installed(body: object) -> bool:
-    """A check whose client library is not installed here (the agent's image has it): not loaded, not refused."""
-    if not isinstance(body, dict) or body.get("type") not in checks.type_names():
-        return False
-    return checks.missing_requirement(checks.load_type(str(body["type"]))) is not None
 
 
 def copied_env(names: Sequence[str], containers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from agent.config import EndpointsConfig, EndpointsMode
 from agent.kube.drain import Ending, timer
 from agent.kube.endpoints_state import Action, PodIdentity, SliceTracker, drain_end
 from agent.logs import event
+from agent.runtime.tasks import TaskKind, Tasks
 
 log = logging.getLogger("agent.endpoints")
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -154,11 +155,15 @@ class EndpointsWatch:
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the watch task (nothing to start when the feature is off for want of credentials)."""
+    def start(self, tasks: Tasks | None = None) -> None:
+        """Start the watch task, owned by `tasks` (the agent's: a failure is logged and counted there) or by this
+        object; nothing to start when the feature is off for want of credentials."""
         if self.state is WatchState.OFF:
             return
-        self._task = asyncio.create_task(self._run(), name="endpoints-watch")
+        if tasks is not None:
+            self._task = tasks.start(self._run(), TaskKind.ENDPOINTS, "endpoints-watch")
+        else:
+            self._task = asyncio.create_task(self._run(), name="endpoints-watch")
         self._task.add_done_callback(self._task_done)
 
     async def close(self) -> None:
@@ -173,9 +178,7 @@ class EndpointsWatch:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            event(log, logging.ERROR, f"the EndpointSlice watch died: {type(exc).__name__}: {exc}; the drain is "
-                  "the timer from now on")
-            self._fail(f"the watch task died: {type(exc).__name__}")
+            self._fail(f"the watch task died ({type(exc).__name__}: {exc}): the timer from now on")
 
     # -- the loop -------------------------------------------------------------------------------------------
 

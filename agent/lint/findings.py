@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
-ERROR, WARNING, INFO = "error", "warning", "info"
-SEVERITIES = (ERROR, WARNING, INFO)
+
+class Severity(enum.StrEnum):
+    """A rule's level: an error makes `lint` exit 1."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
 
 @dataclass(frozen=True)
@@ -14,7 +23,7 @@ class Rule:
     """A lint rule: its id, its level, and what goes wrong (one line; docs/lint.md lists it)."""
 
     id: str
-    severity: str
+    severity: Severity
     summary: str
 
 
@@ -106,7 +115,7 @@ class Finding:
     namespace: str | None = None
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> Severity:
         return RULES[self.rule].severity
 
     def sort_key(self) -> tuple[str, int, str, str, str]:

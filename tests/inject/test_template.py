@@ -56,7 +56,7 @@ def test_each_container_s_liveness_asks_its_own_check() -> None:
     assert {c.name: c.probes for c in config.checks} == {
         "web-liveness": ("liveness",), "web-readiness": ("readiness",), "web-startup": ("startup",),
         "worker-liveness": ("liveness",)}
-    assert config.check("web-liveness").interval == 5  # type: ignore[union-attr]
+    assert next(c for c in config.checks if c.name == "web-liveness").interval == 5
 
 
 def test_native_sidecar_from_1_29_and_a_regular_container_below() -> None:
