@@ -20,7 +20,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 STATE = pathlib.Path(os.environ.get("SIDECAR_AGENT_CLUSTER_STATE", "/var/tmp/sidecar-agent-cluster"))
 AGENT_IMAGE = "sidecar-agent:0.1.0"
 BASE_IMAGE = "docker.io/library/python:3.12-slim"
-APP_IMAGE = "localhost/sidecar-agent-test-app:1"
+APP_IMAGE = "localhost/cluster-test-app:1"
 
 
 def load_tool() -> ModuleType:
