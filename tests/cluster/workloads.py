@@ -47,3 +47,10 @@ def inject(manifest: str, version: str | None = None) -> str:
         for container in (spec or {}).get("initContainers", []) + (spec or {}).get("containers", []):
             container["imagePullPolicy"] = "Never"  # the image is only in the local store
     return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def pod(name: str, grace: int = 30) -> str:
+    """A bare Pod of the test app (labelled app=NAME), as the Deployment's template makes it."""
+    template = next(yaml.safe_load_all(deployment(name, grace=grace)))["spec"]["template"]
+    return yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, **template["metadata"]},
+                           "spec": template["spec"]}, sort_keys=False)
