@@ -59,8 +59,8 @@ def test_termination_order(cluster: Cluster, version: str | None, mode: str) -> 
     name = f"term-{mode.replace('.', '')}"
     cluster.kubectl("delete", "pod", "-n", NS, name, "--ignore-not-found")
     cluster.apply(inject(pod(name), version), "-n", NS)
-    pod = cluster.wait_ready(NS, f"app={name}", 1, timeout=90)[0]
-    pod_name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    ready = cluster.wait_ready(NS, f"app={name}", 1, timeout=90)[0]
+    pod_name, ip = ready["metadata"]["name"], ready["status"]["podIP"]
     base = [cluster.kubectl_bin, "--kubeconfig", str(cluster.kubeconfig), "-n", NS]
     with subprocess.Popen([*base, "get", "pod", pod_name, "-w", "--output-watch-events", "-o", "json"],
                           stdout=subprocess.PIPE, text=True) as watch, \
