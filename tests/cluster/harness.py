@@ -7,9 +7,11 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -183,3 +185,24 @@ def leftovers(state: pathlib.Path) -> dict[str, list[str]]:
     found["iptables chains"] = [f"{t} {table} {c}" for (t, table), chains in tool.harness_chains().items() for c in chains]
     found["cgroups"] = [str(p) for p in tool._cgroup_dirs() if p.exists()]
     return {k: v for k, v in found.items() if v}
+
+
+def install_webhook(cluster: Cluster) -> None:
+    """deploy/webhook/ as docs/webhook.md installs it without cert-manager: make-certs.sh's Secret, webhook.yaml,
+    mutatingwebhook.yaml and the caBundle patch (idempotent: a second call re-applies the same objects)."""
+    webhook = ROOT / "deploy" / "webhook"
+    existing = cluster.kubectl("get", "mutatingwebhookconfiguration", "sidecar-agent", "-o", "json", check=False)
+    if existing.returncode == 0 and all(w["clientConfig"].get("caBundle") for w in json.loads(existing.stdout)["webhooks"]):
+        return  # installed: new certificates now would not match the serving pair the running pods hold
+    # The namespace first (webhook.yaml's first document): the Secret goes into it.
+    cluster.apply((webhook / "webhook.yaml").read_text().split("\n---", 1)[0])
+    out = tempfile.mkdtemp(prefix="webhook-certs-")
+    try:
+        subprocess.run(["sh", str(webhook / "make-certs.sh"), out], check=True, capture_output=True)
+        cluster.kubectl("apply", "-f", f"{out}/secret.yaml")
+        cluster.apply((webhook / "webhook.yaml").read_text())
+        cluster.apply((webhook / "mutatingwebhook.yaml").read_text())
+        cluster.kubectl("patch", "mutatingwebhookconfiguration", "sidecar-agent", "--type=json",
+                        "--patch-file", f"{out}/cabundle-patch.json")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

@@ -4,13 +4,11 @@ probes reach the agent (its probe counters grow; the requests say `User-Agent: k
 from __future__ import annotations
 
 import re
-import subprocess
-import tempfile
 import time
 
 import pytest
 
-from tests.cluster.harness import ROOT, Cluster, Sniffer, container_status, tool, wait_until
+from tests.cluster.harness import ROOT, Cluster, Sniffer, container_status, install_webhook, tool, wait_until
 
 pytestmark = pytest.mark.timeout(300, func_only=True)
 
@@ -55,14 +53,6 @@ def test_readme_minimal_pod_is_ready_and_probed_by_the_kubelet(cluster: Cluster)
     assert user_agents == {b"kube-probe/1.34"}
 
 
-def make_webhook_certs(cluster: Cluster) -> str:
-    """make-certs.sh's Secret applied; its caBundle patch's path returned."""
-    out = tempfile.mkdtemp(prefix="webhook-certs-")
-    subprocess.run(["sh", str(ROOT / "deploy" / "webhook" / "make-certs.sh"), out], check=True, capture_output=True)
-    cluster.kubectl("apply", "-f", f"{out}/secret.yaml")
-    return f"{out}/cabundle-patch.json"
-
-
 def test_deploy_manifests_become_ready(cluster: Cluster) -> None:
     started = time.monotonic()
     kube = ROOT / "deploy" / "kubernetes"
@@ -71,12 +61,7 @@ def test_deploy_manifests_become_ready(cluster: Cluster) -> None:
         cluster.apply((kube / f"{variant}.yaml").read_text() + "\n---\n" + (kube / "service.yaml").read_text(), "-n", ns)
     ns_job = cluster.namespace("deploy-job")
     cluster.apply((kube / "job.yaml").read_text(), "-n", ns_job)
-    # The webhook's own namespace enforces the restricted Pod Security profile (webhook.yaml labels it).
-    cluster.apply((ROOT / "deploy" / "webhook" / "webhook.yaml").read_text().split("\n---", 1)[0])
-    patch = make_webhook_certs(cluster)
-    cluster.apply((ROOT / "deploy" / "webhook" / "webhook.yaml").read_text())
-    cluster.apply((ROOT / "deploy" / "webhook" / "mutatingwebhook.yaml").read_text())
-    cluster.kubectl("patch", "mutatingwebhookconfiguration", "sidecar-agent", "--type=json", "--patch-file", patch)
+    install_webhook(cluster)
     ns_meta = cluster.get("namespace", "sidecar-agent")["metadata"]["labels"]
     assert ns_meta["pod-security.kubernetes.io/enforce"] == "restricted"
     for variant in ("regular-sidecar", "native-sidecar"):
