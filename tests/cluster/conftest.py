@@ -44,7 +44,7 @@ def build_app_image() -> None:
         _run(["buildah", "config", "--env", "PYTHONPATH=/opt/app/lib:/opt/app", "--user", "65532:65532",
               "--workingdir", "/opt/app", "--entrypoint", "[]", "--cmd",
               '["python", "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1", "--threads", "16", '
-              '"--keep-alive", "75", "--graceful-timeout", "20", "--bind", "0.0.0.0:8080", "app:app"]', container], 60)
+              '"--keep-alive", "75", "--graceful-timeout", "5", "--bind", "0.0.0.0:8080", "app:app"]', container], 60)
         _run(["buildah", "commit", "-q", container, APP_IMAGE], 120)
     finally:
         subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
