@@ -63,10 +63,11 @@ SYSCTLS = ("net/ipv4/ip_forward", "net/ipv4/conf/all/route_localnet", "net/bridg
            "kernel/panic_on_oops", "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
            "net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_tcp_timeout_established",
            "net/netfilter/nf_conntrack_tcp_timeout_close_wait")
-# System paths that containerd, runc or the kubelet create whatever their configuration: removed by `down`
-# when `up` found them absent.
-SYSTEM_PATHS = ("/run/containerd", "/var/lib/cni", "/var/log/containers", "/var/log/pods", "/run/netns",
-                "/var/lib/kubelet", "/etc/cni", "/opt/cni", "/opt/containerd")
+# System paths that containerd, its shims, the CNI library or the kubelet create whatever their configuration:
+# removed by `down` when `up` found them absent. Only these hold nothing but the cluster's files; SHARED_PATHS
+# (where other tools of the machine may put theirs meanwhile, `ip netns add` say) are removed only when empty.
+SYSTEM_PATHS = ("/run/containerd", "/var/lib/cni", "/var/log/containers", "/var/log/pods", "/opt/containerd")
+SHARED_PATHS = ("/run/netns", "/var/lib/kubelet", "/etc/cni", "/opt/cni")
 # The start order; `down` stops them in the reverse one.
 DAEMONS = ("mountns", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd",
            "kubelet", "kube-proxy")
@@ -483,7 +484,7 @@ def record_host(state: State) -> None:
     for key in SYSCTLS:
         with contextlib.suppress(OSError):
             sysctls[key] = (Path("/proc/sys") / key).read_text().strip()
-    absent = [p for p in SYSTEM_PATHS if not os.path.lexists(p)]
+    absent = [p for p in SYSTEM_PATHS + SHARED_PATHS if not os.path.lexists(p)]
     state.record.write_text(json.dumps({"sysctls": sysctls, "absent": absent}, indent=1))
 
 
@@ -500,7 +501,10 @@ def restore_host(state: State) -> None:
     absent = record.get("absent", [])
     if isinstance(absent, list):
         for path in absent:
-            if os.path.isdir(path) and not os.path.islink(path):
+            if path in SHARED_PATHS:
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)  # only when empty
+            elif os.path.isdir(path) and not os.path.islink(path):
                 _unmount_under(Path(path))
                 shutil.rmtree(path, ignore_errors=True)
             elif os.path.lexists(path):
