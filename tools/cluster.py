@@ -403,6 +403,9 @@ state = "{cd}/state"
   sandbox_image = "{PAUSE_IMAGE}"
   netns_mounts_under_state_dir = true
   disable_apparmor = true
+  # The kubelet asks for oom_score_adj -998 for sandboxes; this sandbox may not lower its own (EACCES from runc's
+  # nsexec: "failed to update /proc/self/oom_score_adj"), so cap it at containerd's own value, as rootless setups do.
+  restrict_oom_score_adj = true
   enable_selinux = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
