@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -565,7 +566,7 @@ def remove_chains() -> None:
     for (tool, table), chains in harness_chains().items():
         out = run([tool, "-w", "-t", table, "-S"], check=False)
         for line in out.splitlines():
-            words = line.split()
+            words = shlex.split(line)  # comments are quoted: "-m comment --comment \"kubernetes service portals\""
             if words[:1] == ["-A"] and any(w.startswith(CHAIN_PREFIXES) for w in words[2:]) \
                     and not words[1].startswith(CHAIN_PREFIXES):
                 run([tool, "-w", "-t", table, "-D", *words[1:]], check=False)

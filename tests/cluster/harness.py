@@ -168,11 +168,14 @@ def leftovers(state: pathlib.Path) -> dict[str, list[str]]:
     """Everything of the harness still on the machine: processes, mounts, netns, links, chains, cgroups."""
     found: dict[str, list[str]] = {}
     procs = []
+    in_cgroups = set(tool.cgroup_pids())
     for proc in pathlib.Path("/proc").iterdir():
         if proc.name.isdigit():
             with contextlib.suppress(OSError):
                 cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                if str(state) in cmdline or str(tool.BIN) in cmdline:
+                # By the state dir in its command line (every daemon and shim names it) or by the harness's cgroup;
+                # not by the binaries' path, which other tests of the machine may run on their own.
+                if str(state) in cmdline or int(proc.name) in in_cgroups:
                     procs.append(f"{proc.name}: {cmdline[:200]}")
     found["processes"] = procs
     found["mounts"] = tool.mounts_under(state)
