@@ -611,7 +611,8 @@ def start_control_plane(state: State) -> None:
         f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
         "--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=Node,RBAC",
         f"--kubelet-client-certificate={pki}/admin.crt", f"--kubelet-client-key={pki}/admin.key",
-        "--allow-privileged=true", "--profiling=false", "--v=1"])
+        # The node's name resolves nowhere (no DNS for it): reach the kubelet (logs, exec) at its address.
+        "--kubelet-preferred-address-types=InternalIP", "--allow-privileged=true", "--profiling=false", "--v=1"])
     wait_for("the API server's /readyz", lambda: _kubectl_ok(state, "get", "--raw", "/readyz"), 90)
     log("the API server is ready")
     cm_kubeconfig, sched_kubeconfig = state.root / "controller-manager.kubeconfig", state.root / "scheduler.kubeconfig"
@@ -700,20 +701,22 @@ def down(state: State, *, quiet: bool = False) -> None:
         log("the cluster is down")
 
 
-def load_image(state: State, ref: str) -> None:
-    """Copies an image from the buildah/podman store into the cluster's containerd (namespace k8s.io)."""
+def load_images(state: State, refs: Sequence[str]) -> None:
+    """Copies images from the buildah/podman store into the cluster's containerd (namespace k8s.io), in one archive
+    (the layers they share, the base's, are written and imported once)."""
     with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "image.tar"
-        run(["podman", "save", "--format", "oci-archive", "-o", archive, ref])
+        archive = Path(tmp) / "images.tar"
+        run(["podman", "save", "--multi-image-archive", "--format", "docker-archive", "-o", archive, *refs])
         import_archive(state, archive)
-    full = run(["podman", "image", "inspect", "--format", "{{index .RepoTags 0}}", ref]).strip()
-    # podman names a locally built image localhost/NAME, the kubelet asks for docker.io/library/NAME.
-    name = full.removeprefix("localhost/")
-    if "/" not in name:
-        name = f"docker.io/library/{name}"
-    if name != full:
-        run(["ctr", "-a", state.socket, "-n", "k8s.io", "images", "tag", "--force", full, name])
-    log(f"loaded {ref} as {name}")
+    for ref in refs:
+        full = run(["podman", "image", "inspect", "--format", "{{index .RepoTags 0}}", ref]).strip()
+        # podman names a locally built image localhost/NAME, the kubelet asks for docker.io/library/NAME.
+        name = full.removeprefix("localhost/")
+        if "/" not in name:
+            name = f"docker.io/library/{name}"
+        if name != full:
+            run(["ctr", "-a", state.socket, "-n", "k8s.io", "images", "tag", "--force", full, name])
+        log(f"loaded {ref} as {name}")
 
 
 def import_archive(state: State, archive: Path) -> None:
@@ -759,8 +762,7 @@ def _dispatch(args: argparse.Namespace, state: State) -> int:
         build_binaries()
         build_pause()
     elif args.command == "load-image":
-        for ref in args.ref:
-            load_image(state, ref)
+        load_images(state, args.ref)
     elif args.command == "env":
         print(f"export KUBECONFIG={state.admin}\nexport PATH={BIN}:$PATH")
     elif args.command == "kubectl":

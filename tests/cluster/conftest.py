@@ -70,7 +70,7 @@ def cluster(built: None) -> Iterator[Cluster]:
     proc = cluster_cmd("up")
     assert proc.returncode == 0, proc.stderr[-6000:]
     TIMINGS["up"] = time.monotonic() - started
-    proc = cluster_cmd("load-image", AGENT_IMAGE, BASE_IMAGE, APP_IMAGE)
+    proc = cluster_cmd("load-image", AGENT_IMAGE, BASE_IMAGE, APP_IMAGE)  # one archive: the base layer once
     assert proc.returncode == 0, proc.stderr[-4000:]
     try:
         yield Cluster(STATE)
