@@ -137,7 +137,8 @@ class Sniffer:
     """Collects the IPv4 TCP payloads crossing an interface for a time (the kubelet's probe requests)."""
 
     def __init__(self, interface: str) -> None:
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+        # ETH_P_ALL: a socket for one protocol sees only the frames coming in, not those the host sends.
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
         self.sock.bind((interface, 0))
         self.sock.settimeout(0.2)
 
@@ -151,7 +152,7 @@ class Sniffer:
             except TimeoutError:
                 continue
             ip = frame[14:]
-            if len(ip) < 20 or ip[9] != 6:  # TCP only
+            if frame[12:14] != b"\x08\x00" or len(ip) < 20 or ip[9] != 6:  # IPv4 TCP only
                 continue
             tcp = ip[(ip[0] & 0x0F) * 4:]
             payload = tcp[(tcp[12] >> 4) * 4:]
