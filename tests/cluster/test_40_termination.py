@@ -87,7 +87,7 @@ def test_termination_order(cluster: Cluster, version: str | None, mode: str) -> 
     assert app_end - t0 < DRAIN + 10
     if version != "1.28":
         assert agent_end >= app_end  # a native sidecar is stopped after the app has exited
-    assert "drain" in agent_log.lower(), agent_log[-2000:]
+    assert "shutdown started by" in agent_log and "draining for 5s" in agent_log, agent_log[-2000:]
 
 
 def _readyz(ip: str) -> int:
