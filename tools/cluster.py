@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 VERSION = "v1.34.4"
@@ -579,9 +579,8 @@ def remove_chains() -> None:
 # ------------------------------------------------------------------------------------------------ up and down
 
 
-def wait_for(what: str, probe: object, timeout: float) -> None:
+def wait_for(what: str, probe: Callable[[], object], timeout: float) -> None:
     """Polls a callable until it returns true; a ClusterError naming `what` after the timeout."""
-    assert callable(probe)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if probe():
