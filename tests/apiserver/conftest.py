@@ -1,11 +1,13 @@
 """Fixtures over a real etcd and kube-apiserver (tests/apiserver/harness.py), one pair for the session.
 
-Without the binaries every test here is skipped, saying so. Each test gets its own namespace; the service
+The binaries are built first when missing (tools/cluster.py build, as the cluster tests do): nothing here skips. Each test gets its own namespace; the service
 accounts' tokens come from the TokenRequest API, written where the agent reads them.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,13 +20,19 @@ import yaml
 from tests.apiserver.harness import BIN, ROOT, ApiFailure, ApiServer, missing, running
 
 RBAC = ROOT / "deploy" / "kubernetes" / "endpoints-rbac.yaml"
-POD, IP = "web-0", "10.1.0.7"  # the pod the agent under test is
+POD, IP = "web-0", "198.18.200.7"  # the pod the agent under test is
+
+
+def built() -> None:
+    """Builds etcd and kube-apiserver with the cluster harness when they are missing (only a new machine pays)."""
+    if missing():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "cluster.py"), "build"], check=True, timeout=3600)
+    assert not missing(), f"{', '.join(missing())} still not built in {BIN}"
 
 
 @pytest.fixture(scope="session")
 def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    if missing():
-        pytest.skip(f"{', '.join(missing())} not built in {BIN} (tools/cluster.py build makes them)")
+    built()
     with running(tmp_path_factory.mktemp("apiserver")) as server:
         yield server
 
@@ -33,8 +41,7 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
 def uncached_apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     """A second pair whose API server has no watch cache: a watch from a compacted resource version reaches etcd,
     which answers 410 Gone (the cache of v1.34 serves such a watch quietly instead)."""
-    if missing():
-        pytest.skip(f"{', '.join(missing())} not built in {BIN} (tools/cluster.py build makes them)")
+    built()
     with running(tmp_path_factory.mktemp("uncached"), ["--watch-cache=false"]) as server:
         yield server
 

@@ -152,7 +152,7 @@ def running(root: Path, extra: Sequence[str] = ()) -> Iterator[ApiServer]:
             BIN / "kube-apiserver", f"--etcd-servers=http://127.0.0.1:{client}", "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1", f"--secure-port={secure}",
             f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
-            f"--client-ca-file={pki}/ca.crt", "--service-cluster-ip-range=10.250.0.0/24",
+            f"--client-ca-file={pki}/ca.crt", "--service-cluster-ip-range=198.19.250.0/24",
             f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
             "--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC",
             # Compacting etcd every few seconds makes an old resource version expire soon: a watch from it gets 410.

@@ -6,8 +6,13 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from agent.testing import run_agent
 from tests.apiserver.conftest import IP, POD, Namespace, endpoint, endpoint_slice, slices_path
+
+# The session's API server may first be built (tools/cluster.py build): only the test itself is timed.
+pytestmark = pytest.mark.timeout(120, func_only=True)
 
 CONFIG = """
 shutdown:

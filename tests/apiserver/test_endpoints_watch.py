@@ -22,6 +22,9 @@ from agent.kube.endpoints_client import EndpointsWatch, WatchState
 from tests.apiserver.conftest import IP, POD, Namespace, endpoint, endpoint_slice, new_namespace, slices_path
 from tests.apiserver.harness import ApiServer
 
+# The session's API server may first be built (tools/cluster.py build): only the test itself is timed.
+pytestmark = pytest.mark.timeout(120, func_only=True)
+
 CFG = EndpointsConfig(enabled=EndpointsMode.ON, min=1.0, margin=1.0)
 BOUND = 60.0  # a bound for a hang only: each wait below is for an event the API sends
 
@@ -65,7 +68,7 @@ async def started(ns: Namespace, account: Path, **tuning: Any) -> AsyncIterator[
 
 
 async def test_the_watch_follows_the_pod_into_and_out_of_its_slices(namespace: Namespace, granted: Path) -> None:
-    namespace.create("/apis/discovery.k8s.io/v1", endpoint_slice("other-a", endpoint("other", "10.1.0.9", namespace.name),
+    namespace.create("/apis/discovery.k8s.io/v1", endpoint_slice("other-a", endpoint("other", "198.18.200.9", namespace.name),
                                                                    service="other"))
     async with started(namespace, granted) as watch:
         await until("live", lambda: watch.live, watch)
