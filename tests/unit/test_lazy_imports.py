@@ -53,3 +53,26 @@ def test_the_endpoints_watch_is_imported_only_when_the_config_asks_for_it() -> N
     assert agent_modules("shutdown: {drain_delay: 5s, endpoints: {enabled: false}}") == "[]"
     assert agent_modules("shutdown: {drain_delay: 5s, endpoints: {enabled: auto}}") == \
         "['agent.kube.endpoints_client', 'agent.kube.endpoints_state']"
+
+
+WRAPS_FOR_AN_IP = """
+import ssl, sys
+from agent.kube.endpoints_client import _AsciiHostContext
+context = _AsciiHostContext(ssl.PROTOCOL_TLS_CLIENT)
+tls = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname=sys.argv[1])
+print(tls.server_hostname, sorted(m for m in ("encodings.idna", "stringprep") if m in sys.modules))
+"""
+
+
+def wrapped(host: str) -> str:
+    done = subprocess.run([sys.executable, "-c", WRAPS_FOR_AN_IP, host], capture_output=True, text=True, timeout=60,
+                          check=True)
+    return done.stdout.strip()
+
+
+def test_the_watch_names_an_ascii_api_host_without_the_idna_codec() -> None:
+    # The codec's first use imports encodings.idna and stringprep: ~0.1 MiB of RSS for an IP address.
+    assert wrapped("10.96.0.1") == "10.96.0.1 []"
+    assert wrapped("kubernetes.default.svc") == "kubernetes.default.svc []"
+    # Any other name is encoded as ssl always did.
+    assert wrapped("bücher.example") == "xn--bcher-kva.example ['encodings.idna', 'stringprep']"
