@@ -17,6 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import pytest
+
+
+def own_address() -> str:
+    """An IPv4 address of this machine that is not loopback: admin calls from it are not from loopback.
+
+    A machine without one fails the test that needs it, with the reason: the check never silently disappears.
+    """
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return str(address.address)
+    pytest.fail("this machine has no non-loopback IPv4 address to send admin calls from")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -76,6 +89,26 @@ def accepting_port() -> Iterator[int]:
         stop.set()
         thread.join(5)
         server.close()
+
+
+def read_by_server(client: socket.socket) -> bool:
+    """Whether the server end of CLIENT's TCP connection was accepted and has read everything CLIENT sent.
+
+    The kernel's table (/proc/net/tcp, tcp6) gives each socket's receive queue: the server's end of the connection
+    is the line whose local address is CLIENT's peer and whose remote address is CLIENT; an empty queue there
+    means the server's process has read the request, an event a test can wait for instead of sleeping.
+    """
+    def hexed(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
+        return f"{address[1]:04X}"
+
+    local, peer = hexed(client.getsockname()), hexed(client.getpeername())
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in list(handle)[1:]:
+                fields = line.split()
+                if fields[1].endswith(":" + peer) and fields[2].endswith(":" + local):
+                    return int(fields[4].split(":")[1], 16) == 0
+    return False
 
 
 def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:

@@ -4,12 +4,13 @@ waits, and `sidecar-agent stop` that starts the ordered stop over loopback."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
 
 from agent.testing import run_agent
+from tests.servers import read_by_server
 
 CONFIG = ("log: {level: info, format: json}\n"
           "checks:\n  from-env: {type: tcp, address: '127.0.0.1:1', probes: [], interval: 1s}\n"
@@ -30,15 +31,19 @@ def test_a_bad_config_in_the_environment_is_a_usage_error() -> None:
 
 def test_prestop_wait_waits_for_a_stop_it_does_not_start() -> None:
     with run_agent(None, env={"SIDECAR_AGENT_CONFIG_YAML": CONFIG}) as agent:
-        answers: list[tuple[int, str]] = []
-        waiter = threading.Thread(target=lambda: answers.append(agent.get("/prestop/wait", timeout=30)))
-        waiter.start()
-        time.sleep(1.0)
-        assert answers == [] and agent.status()["phase"] == "running", "a caller alone changes nothing"
-        sent = time.monotonic()
-        agent.signal(signal.SIGTERM)
-        waiter.join(30)
-        assert answers == [(200, "shutdown: not_relayed\n")]
+        hook = socket.create_connection(("127.0.0.1", agent.port), timeout=30)
+        with hook:
+            hook.sendall(b"GET /prestop/wait HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+            # The agent has read the request, and answered a later one: the handler had its chance to start a stop.
+            agent.wait_for(lambda: read_by_server(hook))
+            assert agent.get("/livez") == (200, "ok\n")
+            assert agent.status()["phase"] == "running", "a caller alone changes nothing"
+            sent = time.monotonic()
+            agent.signal(signal.SIGTERM)
+            answer = b""
+            while chunk := hook.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nshutdown: not_relayed\n"), answer
         assert time.monotonic() - sent >= 1.0, "it returns once the drain is over"
         assert agent.wait_exit(30) == 0
 

@@ -88,8 +88,11 @@ def test_an_http_check_flips_readiness_and_logs_once_per_transition(http_target)
         agent.wait_status("/readyz", 200)
         http_target.status = 500
         agent.wait_status("/readyz", 503, f"[-]api failed: HTTP 500 from {http_target.url}/healthz (expected 200-399)")
-        runs = agent.wait_for(lambda: agent.status()["checks"]["api"]["consecutive_failures"] >= 6)
-        assert runs
+        # It keeps running while failing, each run failing for the same reason, and readiness stays failed.
+        failing = agent.wait_for(lambda: (lambda c: c if c["consecutive_failures"] >= 6 else None)(agent.status()["checks"]["api"]))
+        assert (failing["state"], failing["last_result"]["result"]) == ("failing", "failure"), failing
+        assert failing["reason"] == f"HTTP 500 from {http_target.url}/healthz (expected 200-399)", failing
+        assert agent.get("/readyz")[0] == 503
         http_target.status = 204
         agent.wait_status("/readyz", 200)
         # /readyz can answer before the agent's log line about it has been read from its output: wait for it.

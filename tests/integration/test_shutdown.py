@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 
 from agent.testing import AgentProcess, http_request, run_agent
+from tests.servers import own_address
 
 APP = str(pathlib.Path(__file__).resolve().parents[1] / "apps" / "app.py")
 
@@ -225,16 +226,6 @@ def test_a_signal_the_agent_may_not_send_is_reported_with_the_fix() -> None:
     finally:
         os.killpg(app.pid, signal.SIGKILL)  # sh and the sleep it started
         app.wait()
-
-
-def own_address() -> str:
-    import psutil
-
-    for _name, addresses in psutil.net_if_addrs().items():
-        for address in addresses:
-            if address.family.name == "AF_INET" and not address.address.startswith("127."):
-                return address.address
-    pytest.fail("this machine has no non-loopback IPv4 address to test admin auth from")
 
 
 def test_admin_calls_from_another_address_need_the_token() -> None:

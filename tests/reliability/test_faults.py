@@ -33,7 +33,7 @@ import pytest
 
 from agent.testing import AgentProcess, http_request, run_agent
 from tests.conftest import Target
-from tests.servers import accepting_port, free_port
+from tests.servers import accepting_port, free_port, own_address
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STAND_IN_APP = str(ROOT / "tests" / "apps" / "app.py")
@@ -88,12 +88,13 @@ def accepting() -> Iterator[int]:
         yield port
 
 
-def can_choose_pids() -> bool:
+def require_choosing_pids() -> None:
+    """Fail, with the reason, unless this process may set the kernel's last pid (root; tools/test.py runs as root)."""
     try:
         with open(NS_LAST_PID, "r+"):
-            return True
-    except OSError:
-        return False
+            return
+    except OSError as error:
+        pytest.fail(f"cannot write {NS_LAST_PID} to recycle a pid (needs root): {error}")
 
 
 def spawn_with_pid(command: list[str], pid: int) -> subprocess.Popen[bytes]:
@@ -179,9 +180,9 @@ def shut_down_and_check_the_stranger_was_left_alone(agent: AgentProcess, strange
     assert not any(f"pid {stranger.proc.pid}" in r["message"] and "SIGTERM" in r["message"] for r in outcome)
 
 
-@pytest.mark.skipif(not can_choose_pids(), reason=f"cannot write {NS_LAST_PID} to recycle a pid (needs root)")
 def test_an_unrelated_process_on_the_apps_recycled_pid_is_not_the_app_with_a_cmdline_match(
         apps: list[App], tmp_path: pathlib.Path) -> None:
+    require_choosing_pids()
     app = start_app(apps, tmp_path)
     config = (f"app: {{match: {{cmdline: '{app.marker}'}}}}\n"
               "checks: {proc: {type: process, interval: 100ms, failure_threshold: 1, probes: [liveness, startup]}}\n"
@@ -198,9 +199,9 @@ def test_an_unrelated_process_on_the_apps_recycled_pid_is_not_the_app_with_a_cmd
         shut_down_and_check_the_stranger_was_left_alone(agent, stranger)
 
 
-@pytest.mark.skipif(not can_choose_pids(), reason=f"cannot write {NS_LAST_PID} to recycle a pid (needs root)")
 def test_an_unrelated_process_on_the_apps_recycled_pid_is_not_the_app_with_a_stale_pidfile(
         apps: list[App], tmp_path: pathlib.Path) -> None:
+    require_choosing_pids()
     app = start_app(apps, tmp_path)
     pidfile = tmp_path / "app.pid"
     pidfile.write_text(f"{app.proc.pid}\n")  # written by the app after it started, as apps do
@@ -378,7 +379,7 @@ def hung_resolver() -> Iterator[list[str]]:
     from tests.integration.dns_server import private_mounts_work
 
     if not private_mounts_work():
-        pytest.skip("cannot bind-mount over /etc/resolv.conf in a private mount namespace here (needs root and unshare)")
+        pytest.fail("cannot bind-mount over /etc/resolv.conf in a private mount namespace here (needs root and unshare)")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent, tempfile.TemporaryDirectory() as folder:
         # Bound, so no ICMP unreachable comes back: queries just vanish. resolv.conf takes no port, so the
         # address is a random one of 127/8, which two test runs side by side do not share.
@@ -669,15 +670,6 @@ def test_an_invalid_config_is_refused_and_the_old_checks_keep_running(accepting:
         assert agent.get("/agent/livez") == (200, "ok\n")
 
 
-def own_address() -> str | None:
-    """An address of this machine that is not loopback, if it has one."""
-    for addresses in psutil.net_if_addrs().values():
-        for address in addresses:
-            if address.family == socket.AF_INET and not address.address.startswith("127."):
-                return str(address.address)
-    return None
-
-
 def test_post_admin_reload_from_loopback_answers_200_or_422(accepting: int) -> None:
     port = accepting
     with run_agent(RELOAD_BASE.format(port=port), listen="0.0.0.0:0") as agent:
@@ -689,11 +681,10 @@ def test_post_admin_reload_from_loopback_answers_200_or_422(accepting: int) -> N
         code, body = agent.get("/admin/reload", method="POST")
         assert code == 422 and "checks.a.address: required key is missing" in body and "listen:" in body, body
         assert reloads(agent) == (1, 1)
-        elsewhere = own_address()
-        if elsewhere is not None:  # not loopback, no token configured: refused, nothing happens
-            code, _ = http_request(f"http://{elsewhere}:{agent.port}/admin/reload", method="POST")
-            assert code == 403
-            assert reloads(agent) == (1, 1)
+        elsewhere = own_address()  # not loopback, no token configured: refused, nothing happens
+        code, _ = http_request(f"http://{elsewhere}:{agent.port}/admin/reload", method="POST")
+        assert code == 403
+        assert reloads(agent) == (1, 1)
         assert sorted(agent.status()["checks"]) == ["added", "changing", "steady"]
 
 
