@@ -37,6 +37,9 @@ LOCKED = ["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-
 # in the ambient set, so it is gone once the process runs as a non-root user.
 KILL_ADDED = ["--clear-groups", "--inh-caps=-all,+kill", "--bounding-set=-all,+kill", "--no-new-privs"]
 ROOT_ONLY_KILL = ["--inh-caps=-all", "--bounding-set=-all,+kill", "--no-new-privs"]
+# Under `coverage run`, an agent as uid 65532 could not write its data (a read-only root, a checkout it may only
+# read): these agents are left unmeasured on purpose, said here and in docs/development.md, not lost in silence.
+UNMEASURED = {"COVERAGE_PROCESS_CONFIG": "", "COVERAGE_PROCESS_START": ""}
 
 
 def as_user(uid: int, caps: list[str]) -> list[str]:
@@ -102,7 +105,7 @@ def test_the_agent_runs_non_root_without_capabilities_on_a_read_only_filesystem(
         exec "$@"
     """)
     prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", read_only, "sh", *as_user(USER, LOCKED)]
-    env = {**regular.env(), "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/nonexistent"}
+    env = {**regular.env(), "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/nonexistent", **UNMEASURED}
     with run_agent(None, prefix=prefix, env=env, extra_args=["--config", str(config)]) as agent:
         agent.wait_status("/agent/readyz", 200)
         assert agent.get("/agent/livez") == (200, "ok\n")
@@ -133,7 +136,7 @@ def relay(folder: Path, agent_prefix: list[str], app_uid: int) -> tuple[str, int
         shutdown: {{drain_delay: 0s, stop_timeout: 1s, grace_period: 30s}}
     """))
     try:
-        with run_agent(None, prefix=agent_prefix, extra_args=["--config", str(config)]) as agent:
+        with run_agent(None, prefix=agent_prefix, env=UNMEASURED, extra_args=["--config", str(config)]) as agent:
             agent.wait_for(lambda: agent.status()["app"]["found"])
             answer = agent.get("/prestop", timeout=20)[1].strip()
             agent.wait_exit()

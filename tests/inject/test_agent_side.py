@@ -10,6 +10,7 @@ import sys
 import time
 
 from agent.testing import run_agent
+from tests.children import replaced_env
 from tests.servers import read_by_server
 
 CONFIG = ("log: {level: info, format: json}\n"
@@ -24,7 +25,7 @@ def test_run_reads_its_config_from_the_environment_when_no_file_is_named() -> No
 
 def test_a_bad_config_in_the_environment_is_a_usage_error() -> None:
     done = subprocess.run([sys.executable, "-m", "agent", "run"], capture_output=True, text=True, timeout=60,
-                          env={"SIDECAR_AGENT_CONFIG_YAML": "checks: {x: {type: tcp}}\n", "PATH": "/usr/bin:/bin"})
+                          env=replaced_env({"SIDECAR_AGENT_CONFIG_YAML": "checks: {x: {type: tcp}}\n", "PATH": "/usr/bin:/bin"}))
     assert done.returncode == 2
     assert "SIDECAR_AGENT_CONFIG_YAML: checks.x.address" in done.stderr
 
@@ -51,7 +52,7 @@ def test_prestop_wait_waits_for_a_stop_it_does_not_start() -> None:
 def test_stop_starts_the_ordered_stop_on_loopback() -> None:
     with run_agent(None, env={"SIDECAR_AGENT_CONFIG_YAML": CONFIG}) as agent:
         done = subprocess.run([sys.executable, "-m", "agent", "stop"], capture_output=True, text=True, timeout=60,
-                              env={"SIDECAR_AGENT_LISTEN": f"127.0.0.1:{agent.port}", "PATH": "/usr/bin:/bin"})
+                              env=replaced_env({"SIDECAR_AGENT_LISTEN": f"127.0.0.1:{agent.port}", "PATH": "/usr/bin:/bin"}))
         assert done.returncode == 0, done.stderr
         assert agent.wait_exit(30) == 0
     refused = subprocess.run([sys.executable, "-m", "agent", "stop", "--url", f"http://127.0.0.1:{agent.port}/quitquitquit"],

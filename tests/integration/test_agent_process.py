@@ -209,7 +209,7 @@ def test_metrics_carry_every_design_name_and_pass_promtool(http_target) -> None:
         assert 'sidecar_phase{phase="running"} 1.0' in text
         assert 'sidecar_probe_requests_total{code="200",probe="liveness"}' in text
         promtool = shutil.which("promtool")
-        assert promtool, "promtool is installed by .ci/run (Debian package prometheus)"
+        assert promtool, "promtool is installed by tools/test.py (Debian package prometheus)"
         lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
         assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint.stdout + lint.stderr
 

@@ -269,7 +269,7 @@ def test_the_drain_ends_by_its_timeout_with_many_idle_connections_open(start_app
             assert agent.wait_exit() == 0
         signalled = app.when("SIGTERM")
         assert signalled is not None and signalled - triggered >= 1.0
-        assert signalled - triggered < 6.0  # a bound for a drain that overruns; it ends at 1 s plus a poll
+        assert signalled - triggered < 15.0  # the drain's timeout is the bound: it ends at 1 s, not when clients go
         assert f"500 connections on port {port} still open after 1s; going on" in messages(agent)
     finally:
         for sock in clients:
