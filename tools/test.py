@@ -197,6 +197,12 @@ def open_checkout() -> None:
             wanted = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) or mode & stat.S_IXUSR else 0)
             if mode & wanted != wanted:
                 path.chmod(stat.S_IMODE(mode) | wanted)
+    # The interpreter .venv links to must be reachable too (a Python built under a 0700 home is not): say so.
+    probe = subprocess.run(["setpriv", f"--reuid={TEST_UID}", f"--regid={TEST_UID}", "--clear-groups", str(PYTHON),
+                            "-c", "import agent.cli"], capture_output=True, text=True, check=False, cwd="/")
+    if probe.returncode != 0:
+        say(f"warning: uid {TEST_UID} still cannot run the agent from .venv (tests/deploy/test_security.py will fail, "
+            f"saying why): {probe.stderr.strip()[-300:]}")
 
 
 # The virtualenv --------------------------------------------------------------------------------------------------
