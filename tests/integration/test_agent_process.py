@@ -153,7 +153,7 @@ def test_an_exec_check_is_killed_with_its_children_at_the_timeout() -> None:
 
         def no_children() -> bool:
             return not psutil.Process(agent.proc.pid).children(recursive=True)
-        agent.wait_for(no_children, timeout=5)
+        agent.wait_for(no_children)
 
 
 def test_a_file_check_fails_when_the_heartbeat_file_gets_old(tmp_path) -> None:  # type: ignore[no-untyped-def]

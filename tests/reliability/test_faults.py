@@ -449,8 +449,8 @@ def test_the_agent_exits_promptly_on_sigterm_while_a_lookup_hangs() -> None:
         agent.wait_status("/readyz", 503, "[-]dep failed: timed out after 200ms")
         agent.signal(signal.SIGTERM)
         try:
-            agent.wait_for(lambda: "agent stopped" in "\n".join(agent.logs()), timeout=5)
-            assert agent.wait_exit(timeout=5) == 0
+            agent.wait_for(lambda: "agent stopped" in "\n".join(agent.logs()), timeout=30)  # far below the ~150 s the hung lookup holds its thread
+            assert agent.wait_exit(timeout=30) == 0
         finally:
             kill_now(agent)
 
