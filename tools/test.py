@@ -176,10 +176,6 @@ def setup_redis() -> None:
 
 # The checkout, readable by the image's user ------------------------------------------------------------------
 
-def here_is_root(folder: str) -> bool:
-    return Path(folder) == ROOT
-
-
 def open_checkout() -> None:
     """Let uid 65532 traverse the folders above the checkout and read it (only what lacks it is changed).
 
@@ -193,7 +189,7 @@ def open_checkout() -> None:
             parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
     for folder, subfolders, files in os.walk(ROOT):
         # Not git's store, nor .cache (the image's base is unpacked there: its own modes must stay as they are).
-        subfolders[:] = [s for s in subfolders if not (here_is_root(folder) and s in (".git", ".cache"))]
+        subfolders[:] = [s for s in subfolders if not (Path(folder) == ROOT and s in (".git", ".cache"))]
         here = Path(folder)
         for path in [here, *(here / f for f in files)]:
             mode = path.lstat().st_mode
