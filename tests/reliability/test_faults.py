@@ -238,19 +238,26 @@ def watch_restart(config: pathlib.Path, port: int, log: pathlib.Path, bound: flo
                                 stdout=out, stderr=subprocess.STDOUT)
     answers: list[tuple[float, str, int]] = []
     first: dict[str, float] = {}
-    while len(first) < 2 or time.monotonic() - started < first["/readyz"] + 0.5:
-        assert time.monotonic() - started < bound, f"no correct answers within {bound}s: {answers[-4:]}"
-        assert proc.poll() is None, log.read_text()
-        for path in ("/livez", "/readyz"):
-            try:
-                code, _ = http_request(f"http://127.0.0.1:{port}{path}", timeout=2)
-            except OSError:
-                continue  # not listening yet
-            at = time.monotonic() - started
-            answers.append((at, path, code))
-            if code == 200:
-                first.setdefault(path, at)
-        time.sleep(0.002)
+    try:
+        while len(first) < 2 or time.monotonic() - started < first["/readyz"] + 0.5:
+            assert time.monotonic() - started < bound, f"no correct answers within {bound}s: {answers[-4:]}"
+            assert proc.poll() is None, log.read_text()
+            for path in ("/livez", "/readyz"):
+                try:
+                    code, _ = http_request(f"http://127.0.0.1:{port}{path}", timeout=2)
+                except (OSError, http.client.BadStatusLine):
+                    # Not listening yet. A connect to a port nobody holds may even meet itself (TCP self-connect,
+                    # when the kernel picks that port as the source): the client then reads its own request back.
+                    continue
+                at = time.monotonic() - started
+                answers.append((at, path, code))
+                if code == 200:
+                    first.setdefault(path, at)
+            time.sleep(0.002)
+    except BaseException:
+        proc.kill()  # the caller never gets it to stop
+        proc.wait()
+        raise
     return proc, Restart(first["/livez"], first["/readyz"], answers)
 
 
