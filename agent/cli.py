@@ -19,10 +19,11 @@ import yaml
 
 from agent import DEFAULT_KUBERNETES, IMAGE, __version__, checks, logs
 from agent.checks import PluginError
-from agent.config import CONFIG_TEXT_ENV, DEFAULT_CONFIG, Config, ConfigError, dump, json_schema, load
+from agent.config import ANY_HOST, CONFIG_TEXT_ENV, DEFAULT_CONFIG, DEFAULT_LISTEN, Config, ConfigError, dump, json_schema, load
+from agent.kube.versions import FALLBACK, Chosen, Source
 from agent.probes import Probe
 from agent.runtime import threads, watchdog
-from agent.units import parse_address, parse_duration
+from agent.units import format_address, parse_address, parse_duration
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
 KUBERNETES = ".".join(map(str, DEFAULT_KUBERNETES))  # the default of --kubernetes-version
@@ -58,19 +59,25 @@ def _parser() -> argparse.ArgumentParser:
     inject = sub.add_parser("inject", help="add the agent to every pod template in Kubernetes YAML, printed on stdout")
     inject.add_argument("paths", nargs="*", metavar="FILE|DIR|-", help="YAML files, directories of them, or - for stdin "
                         "(the default)")
-    inject.add_argument("--kubernetes-version", default=KUBERNETES, metavar="X.Y",
-                        help="the cluster's version: native sidecar from 1.29 (default: %(default)s)")
+    inject.add_argument("--kubernetes-version", metavar="X.Y", help=f"the version of the OLDEST KUBELET in the cluster "
+                        "(not the API server's), which decides the sidecar mode: a native sidecar from 1.29, a preStop "
+                        f"sleep from 1.30 (default: {KUBERNETES})")
     inject.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     inject.add_argument("--remove", action="store_true", help="take an injection back out, restoring the pod templates")
-    stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a preStop hook)")
-    stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit on loopback at the port of "
-                      "$SIDECAR_AGENT_LISTEN, else 8686)")
+    stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a native sidecar's "
+                          "preStop hook): the agent drains, then serves until its SIGTERM")
+    stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit?exit=sigterm on loopback at the port "
+                      "of $SIDECAR_AGENT_LISTEN, else 8686)")
     hook = sub.add_parser("webhook", help="serve the mutating admission webhook that adds the agent to new pods")
     hook.add_argument("--tls-cert", required=True, metavar="FILE", help="the serving certificate (PEM, chain first)")
     hook.add_argument("--tls-key", required=True, metavar="FILE", help="its private key (PEM)")
-    hook.add_argument("--listen", default="0.0.0.0:8443", metavar="ADDR", help="address to serve on (default: %(default)s)")
-    hook.add_argument("--kubernetes-version", default=KUBERNETES, metavar="X.Y",
-                      help="the cluster's Kubernetes version, which decides the sidecar mode (default: %(default)s)")
+    hook.add_argument("--listen", default="[::]:8443", metavar="ADDR", help="address to serve on (default: %(default)s, "
+                      "IPv4 and IPv6)")
+    hook.add_argument("--kubernetes-version", metavar="X.Y|auto", help="the version of the OLDEST KUBELET in the "
+                      "cluster (not the API server's), which decides the sidecar mode: a native sidecar from 1.29, a "
+                      "preStop sleep from 1.30; auto: read from the nodes (the service account may list nodes), again "
+                      f"every minute, and {FALLBACK[0]}.{FALLBACK[1]}'s mode, which works on every kubelet, until a read "
+                      f"succeeds and whenever one fails (default: {KUBERNETES})")
     hook.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     return parser
 
@@ -99,7 +106,7 @@ def read_config(path: str | None, env: Mapping[str, str], *, app_is_child: bool 
 def _with_overrides(config: Config, listen: str | None, env: Mapping[str, str]) -> Config:
     if listen:
         try:
-            config = dataclasses.replace(config, listen=parse_address(listen, default_host="0.0.0.0", any_port=True))
+            config = dataclasses.replace(config, listen=parse_address(listen, default_host=ANY_HOST, any_port=True))
         except ValueError as exc:
             raise UsageError(f"sidecar-agent: --listen: {exc}") from None
     if config.admin.token_file:
@@ -223,12 +230,20 @@ def parse_kubernetes_version(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def chosen_kubernetes(text: str | None) -> Chosen:
+    """The version of --kubernetes-version X.Y (or the default when not given) and where it came from."""
+    if text is None:
+        return Chosen(DEFAULT_KUBERNETES, Source.DEFAULT)
+    return Chosen(parse_kubernetes_version(text), Source.FLAG)
+
+
 def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from agent.webhook import server as webhook  # the server stack and jsonpatch load only for this command
 
-    version = parse_kubernetes_version(args.kubernetes_version)
+    auto = (args.kubernetes_version or "").strip() == "auto"
+    chosen = None if auto else chosen_kubernetes(args.kubernetes_version)
     try:
-        host, port = parse_address(args.listen, default_host="0.0.0.0", any_port=True)
+        host, port = parse_address(args.listen, default_host=ANY_HOST, any_port=True)
     except ValueError as exc:
         raise UsageError(f"sidecar-agent: --listen: {exc}") from None
     if not args.image.strip():
@@ -239,12 +254,28 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise UsageError(f"sidecar-agent: --tls-cert/--tls-key: {exc}") from None
     from agent.inject import Options
 
-    settings = webhook.Settings(cert=args.tls_cert, key=args.tls_key, host=host, port=port,
-                                options=Options(image=args.image.strip(), kubernetes_version=version))
-    mutate, refusals = webhook.injection(settings)
+    api = None
+    if auto:
+        from agent.kube.nodes import NodeListError, in_cluster
+
+        try:
+            api = in_cluster(env)
+        except NodeListError as exc:
+            raise UsageError(f"sidecar-agent: --kubernetes-version auto: {exc}") from None
+    options = Options(image=args.image.strip())
+    if chosen is not None:
+        options = dataclasses.replace(options, kubernetes_version=chosen.version, kubernetes_source=chosen.source)
+    settings = webhook.Settings(cert=args.tls_cert, key=args.tls_key, host=host, port=port, options=options)
+    kubelets = None
+    if api is not None:
+        from agent.kube.nodes import kubelet_versions
+        from agent.webhook.kubelets import OldestKubelet
+
+        kubelets = OldestKubelet(lambda: kubelet_versions(api))
+    mutate, refusals = webhook.injection(settings, kubelets)
     logs.setup("info", "json")
     try:
-        code = _run_loop(webhook.serve(settings, mutate, refusals))
+        code = _run_loop(webhook.serve(settings, mutate, refusals, kubelets))
     except OSError as exc:
         logging.getLogger("agent").error("cannot listen on %s: %s", args.listen, exc.strerror or exc)
         code = EXIT_INTERNAL
@@ -258,9 +289,13 @@ def cmd_inject(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from agent.inject.documents import run
     from agent.lint import InputError
 
-    major, minor = parse_kubernetes_version(args.kubernetes_version)
+    if (args.kubernetes_version or "").strip() == "auto":
+        raise UsageError("sidecar-agent inject: --kubernetes-version auto is the webhook's (it reads the nodes); "
+                         "inject works offline: give the oldest kubelet's X.Y")
+    chosen = chosen_kubernetes(args.kubernetes_version)
     try:
-        report = run(args.paths, Options(image=args.image, kubernetes_version=(major, minor)), undo=args.remove)
+        report = run(args.paths, Options(image=args.image, kubernetes_version=chosen.version,
+                                         kubernetes_source=chosen.source), undo=args.remove)
     except InputError as exc:
         raise UsageError(f"sidecar-agent inject: {exc}") from None
     sys.stdout.write(report.text)
@@ -274,13 +309,16 @@ def cmd_stop(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     url = args.url
     if url is None:
-        port = 8686
+        host, port = DEFAULT_LISTEN
         if env.get("SIDECAR_AGENT_LISTEN"):
             try:
-                port = parse_address(env["SIDECAR_AGENT_LISTEN"], default_host="0.0.0.0", any_port=True)[1]
+                host, port = parse_address(env["SIDECAR_AGENT_LISTEN"], default_host=ANY_HOST, any_port=True)
             except ValueError as exc:
                 raise UsageError(f"sidecar-agent stop: SIDECAR_AGENT_LISTEN: {exc}") from None
-        url = f"http://127.0.0.1:{port}/quitquitquit"
+        # Loopback of the listener's family: an agent on [::1] only is not reached on 127.0.0.1; [::] is dual-stack.
+        # exit=sigterm: this is a native sidecar's preStop, and the kubelet sends the agent SIGTERM once the app
+        # containers have exited; the agent serves until then rather than exit while the app still stops.
+        url = f"http://{format_address('::1' if host == '::1' else '127.0.0.1', port)}/quitquitquit?exit=sigterm"
     accepted, report = request_stop(url)
     print(report, file=sys.stdout if accepted else sys.stderr)
     return EXIT_OK if accepted else 1

@@ -41,9 +41,13 @@ __all__ = ["DEFAULT_CONFIG", "CheckSpec", "Config", "ConfigError", "dump", "json
 CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # The config as text in the environment (an injected agent container carries it there: no ConfigMap needed).
 CONFIG_TEXT_ENV = "SIDECAR_AGENT_CONFIG_YAML"
+# Every address of the pod: the kubelet probes the pod IP, IPv4 or IPv6. The server makes `::` dual-stack (IPv6-only
+# off) and falls back to 0.0.0.0 where the kernel has no IPv6 (agent.runtime.server).
+ANY_HOST = "::"
+DEFAULT_LISTEN = (ANY_HOST, 8686)
 DEFAULT_CONFIG = """\
-# The embedded default: serve on every interface, no checks, so alive and ready at once.
-listen: 0.0.0.0:8686
+# The embedded default: serve on every address, IPv4 and IPv6, no checks, so alive and ready at once.
+listen: "[::]:8686"
 log: {level: info, format: json}
 checks: {}
 """
@@ -112,7 +116,7 @@ class AgentLimits:
 
 @dataclass(frozen=True)
 class Config:
-    listen: tuple[str, int] = ("0.0.0.0", 8686)
+    listen: tuple[str, int] = DEFAULT_LISTEN
     log: LogConfig = LogConfig()
     admin: AdminConfig = AdminConfig()
     app: AppConfig = AppConfig()
@@ -189,7 +193,8 @@ COMMON = (
     Field("allow_in_liveness", Bool(), False, "permit a dependency check under liveness"),
 )
 TOP = (
-    Field("listen", Address(default_host="0.0.0.0"), ("0.0.0.0", 8686), "address of the one listener: host:port or :port"),
+    Field("listen", Address(default_host=ANY_HOST), DEFAULT_LISTEN, "address of the one listener: host:port, "
+          "[IPv6]:port or :port (every address); `[::]` is dual-stack, with 0.0.0.0 where the kernel has no IPv6"),
     Field("log", LOG, LogConfig()),
     Field("admin", ADMIN, AdminConfig()),
     Field("app", APP, AppConfig()),

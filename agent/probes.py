@@ -35,3 +35,14 @@ _BY_NAME = {p.value: p for p in Probe}
 def named(name: str) -> Probe:
     """The probe called `name` (KeyError for any other); `Probe(name)` does the same, but mypy reads it as `__new__`."""
     return _BY_NAME[name]
+
+
+# How long `GET /prestop/wait` waits for a stop to begin before it takes the hook for a container restart (the kubelet
+# kills one container for a failed liveness or startup probe and runs its preStop hook, with no pod stop). On a pod
+# deletion the kubelet starts the agent's SIGTERM (a regular sidecar) or its exec preStop `sidecar-agent stop` (a native
+# one) in parallel with the app's hook; the exec hook, a Python start-up, arrives last: bench/RESULTS.md ("Hook
+# arrival") measured it up to 1.66 s behind the hook (median 0.68 s) on a 2-core machine at load average 10, before the
+# container runtime's own exec time. Three times the worst, and no longer than the `sleep` hook inject writes from 1.30
+# (the drain, 5 s), which holds a restarted app as long. Here, beside the probes, so that lint reads it without the
+# server's imports.
+HOOK_WINDOW = 5.0

@@ -73,7 +73,7 @@ def parse_size(value: object) -> int:
 
 
 def parse_address(value: object, *, default_host: str | None = None, any_port: bool = False) -> tuple[str, int]:
-    """(host, port) from `host:port`, `[::1]:port` or `:port` (when a default host is given).
+    """(host, port) from `host:port`, `[::1]:port` (IPv6 in brackets) or `:port` (when a default host is given).
 
     `any_port` also accepts port 0 (a free port, for tests and benchmarks).
     """
@@ -85,6 +85,12 @@ def parse_address(value: object, *, default_host: str | None = None, any_port: b
         raise ValueError(f"expected an address like 127.0.0.1:8080, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"expected an IPv6 address between the brackets, like [::1]:8686, got {text!r}") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"an IPv6 address goes between brackets, like [::1]:8686 or [::]:8686, got {text!r}")
     if not host:
         if default_host is None:
             raise ValueError("expected an address like 127.0.0.1:8080 (the host is missing)")

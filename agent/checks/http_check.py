@@ -7,6 +7,7 @@ import base64
 import re
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
@@ -71,14 +72,8 @@ class HttpCheck:
         """Plain http to an IP address: the request on a bare non-blocking socket, new for every run like the
         kubelet's, and only as much of the answer read as the check needs (the head; the body with expect_body)."""
         loop = asyncio.get_running_loop()
-        sock = socket.socket(direct.family, socket.SOCK_STREAM)
+        sock = await _open(loop, direct)
         try:
-            try:
-                await connect(loop, sock, direct.address)
-            except ConnectionRefusedError:
-                raise CheckFailure(f"connection refused by {direct.where}") from None
-            except OSError as exc:
-                raise CheckFailure(f"cannot connect to {direct.where}: {exc.strerror or exc}") from None
             try:
                 await loop.sock_sendall(sock, direct.request)
                 return await _read_response(loop, sock, self.body_pattern is not None and self.params.method != "HEAD")
@@ -101,10 +96,34 @@ MAX_HEAD = 64 * 1024
 
 @dataclass(frozen=True)
 class _Direct:
-    family: int
-    address: tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]  # a getaddrinfo sockaddr
+    # (family, getaddrinfo sockaddr) to try in turn: one for an IP address, both loopbacks for localhost
+    addresses: list[tuple[int, Any]]
     where: str  # host:port, as the messages name it
     request: bytes
+
+
+async def _open(loop: asyncio.AbstractEventLoop, direct: _Direct) -> socket.socket:
+    """A connected socket to the first address that takes the connection; CheckFailure naming the last error."""
+    last: OSError | None = None
+    for family, address in direct.addresses:
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:  # no IPv6 in this kernel: the other loopback may still answer
+            last = exc
+            continue
+        try:
+            await connect(loop, sock, address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if isinstance(last, ConnectionRefusedError):
+        raise CheckFailure(f"connection refused by {direct.where}")
+    raise CheckFailure(f"cannot connect to {direct.where}: {getattr(last, 'strerror', None) or last}")
 
 
 def _direct_request(params: Params) -> _Direct | None:
@@ -134,8 +153,7 @@ def _direct_request(params: Params) -> _Direct | None:
         headers[name.lower()] = (name, value)
     headers["connection"] = ("Connection", "close")
     head = f"{params.method} {target} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers.values()) + "\r\n"
-    family, address = addresses[0]
-    return _Direct(family, address, f"{host}:{port}", head.encode("ascii"))
+    return _Direct(addresses, f"{host}:{port}", head.encode("ascii"))
 
 
 class _BadResponse(Exception):

@@ -35,15 +35,11 @@ class TcpCheck:
         loop = asyncio.get_running_loop()
         last: OSError | None = None
         for family, address in targets:
-            # A bare non-blocking socket, closed once connected: no transport or stream pair to build and tear down.
-            sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                await connect(loop, sock, address)
+                await connect_to(loop, family, address)
             except OSError as exc:
                 last = exc
                 continue
-            finally:
-                sock.close()
             return f"connected to {self.where}"
         if isinstance(last, ConnectionRefusedError):
             raise CheckFailure(f"connection refused by {self.where}")
@@ -68,6 +64,14 @@ class TcpCheck:
     async def close(self) -> None:
         if self._lookup is not None and not self._lookup.done():
             self._lookup.cancel()
+
+
+async def connect_to(loop: asyncio.AbstractEventLoop, family: int, address: Any) -> None:
+    """Open a connection to `address` and close it: a bare non-blocking socket, no transport or stream pair to build
+    and tear down. OSError when it cannot (also when the kernel lacks the family: an IPv6 loopback on a host without
+    IPv6)."""
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        await connect(loop, sock, address)
 
 
 async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: Any) -> None:
@@ -102,8 +106,18 @@ def _set_done(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+# `localhost` means loopback in both families, without a lookup (RFC 6761): an app may listen on 127.0.0.1 only, on
+# ::1 only, or on both, and a check of it (such as one inject makes from a probe) must reach it in each case.
+# IPv4 first: most apps listen there, and a dual-stack listener takes it too; ::1 refuses at once when unused.
+LOCALHOST = "localhost"
+LOOPBACKS = ("127.0.0.1", "::1")
+
+
 def numeric_address(host: str, port: int) -> list[tuple[int, Any]]:
-    """(family, address) of an IP address given as the host (a numeric lookup, which never blocks); [] for a name."""
+    """(family, address) of an IP address given as the host (a numeric lookup, which never blocks), the loopback
+    addresses of both families for `localhost`; [] for another name."""
+    if host.lower() == LOCALHOST:
+        return [pair for loopback in LOOPBACKS for pair in numeric_address(loopback, port)]
     try:
         ipaddress.ip_address(host.partition("%")[0])
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import DEFAULT_KUBERNETES, IMAGE
+from agent.kube.versions import Source
 
 
 class InjectError(Exception):
@@ -19,7 +20,10 @@ class InjectError(Exception):
 @dataclass(frozen=True)
 class Options:
     image: str = IMAGE
+    # The oldest kubelet of the cluster (agent.kube.versions), which decides the sidecar mode, and where it came
+    # from: both are recorded in the status annotation.
     kubernetes_version: tuple[int, int] = DEFAULT_KUBERNETES
+    kubernetes_source: Source = Source.DEFAULT
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +30,17 @@ def agent_pre_stop(native: bool) -> dict[str, Any] | None:
     return {"exec": {"command": ["sidecar-agent", "stop"]}} if native else None
 
 
-def app_pre_stop(version: tuple[int, int]) -> dict[str, Any]:
-    """The app container's hook: hold its SIGTERM until the drain is over."""
+def app_pre_stop(version: tuple[int, int], checks: Sequence[str] = ()) -> dict[str, Any]:
+    """The app container's hook: hold its SIGTERM until the drain is over.
+
+    The kubelet also runs it when it kills this one container for a failed liveness or startup probe: `?check=NAME`
+    names the container's own checks (its probes ask /livez/NAME, /startupz/NAME), so that the agent answers such a
+    hook at once rather than hold the restart (a `sleep` cannot tell, and holds it for the drain).
+    """
     if version >= (1, 30):
         return {"sleep": {"seconds": DRAIN_SECONDS}}
-    return {"httpGet": {"path": WAIT_PATH, "port": LISTEN_PORT}}
+    query = "&".join(f"check={name}" for name in checks)  # check names are letters, digits, '.', '_', '-'
+    return {"httpGet": {"path": WAIT_PATH + (f"?{query}" if query else ""), "port": LISTEN_PORT}}
 
 
 @dataclass(frozen=True)

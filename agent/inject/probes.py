@@ -19,6 +19,9 @@ DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, 
 GRPC_HEALTH_PROBE = "grpc_health_probe"
 # grpc_health_probe flags that change nothing the agent's grpc check does differently (timeouts come from the probe).
 GRPC_IGNORED_FLAGS = {"connect-timeout", "rpc-timeout", "user-agent", "v", "gzip", "alsologtostderr"}
+# Where a check made from a probe asks: the kubelet asks the pod IP, IPv4 or IPv6, and the app may listen on either
+# family or both. The agent's checks take `localhost` as both loopbacks, 127.0.0.1 then ::1, with no lookup (tcp_check).
+HOST = "localhost"
 
 
 @dataclass(frozen=True)
@@ -84,15 +87,15 @@ def convert(container: Mapping[str, Any], key: str, probe: Mapping[str, Any]) ->
     if port is None:
         return Kept(f"its port {action.get('port')!r} is not declared by the container, so the kubelet cannot resolve it")
     if handler == "tcpSocket":
-        return Converted({"type": "tcp", "address": f"127.0.0.1:{port}", **timing(probe, kind)})
+        return Converted({"type": "tcp", "address": f"{HOST}:{port}", **timing(probe, kind)})
     if handler == "grpc":
-        body: dict[str, Any] = {"type": "grpc", "address": f"127.0.0.1:{port}"}
+        body: dict[str, Any] = {"type": "grpc", "address": f"{HOST}:{port}"}
         if action.get("service"):
             body["service"] = action["service"]
         return Converted({**body, **timing(probe, kind)})
     scheme = str(action.get("scheme") or "HTTP").lower()
     path = str(action.get("path") or "/")
-    body = {"type": "http", "url": f"{scheme}://127.0.0.1:{port}{path if path.startswith('/') else '/' + path}"}
+    body = {"type": "http", "url": f"{scheme}://{HOST}:{port}{path if path.startswith('/') else '/' + path}"}
     headers = {}
     for header in action.get("httpHeaders") or ():
         name, value = str(header.get("name", "")), str(header.get("value", ""))
@@ -137,7 +140,7 @@ def _grpc_health_probe(command: Any) -> dict[str, Any] | str:
         return f"grpc_health_probe's -addr {options['addr']!r} is not host:port"
     if host.strip("[]") and not is_local(host.strip("[]")):
         return f"grpc_health_probe asks {host}, not this pod"
-    found: dict[str, Any] = {"address": f"127.0.0.1:{port}"}
+    found: dict[str, Any] = {"address": f"{HOST}:{port}"}
     if options.get("service"):
         found["service"] = options["service"]
     return found

@@ -11,12 +11,15 @@ from typing import Any
 import yaml
 
 from agent import __version__
+from agent.config import ANY_HOST
 from agent.inject import container as agent_spec
 from agent.inject import hooks, probes, settings
 from agent.inject.api import InjectError, Options, Outcome
 from agent.inject.edits import Editor, Path, plain, undo, walk
-from agent.kube import kubelet_env
+from agent.kube import kubelet_env, versions
+from agent.kube.qos import QosClass, QuantityError, pod_level, qos_class
 from agent.lint.rules_shutdown import GRACE_MARGIN_SECONDS
+from agent.units import format_address
 
 STATUS = "sidecar-agent.io/status"
 OPT_OUT = "sidecar-agent.io/inject"
@@ -70,20 +73,31 @@ def _skip_reason(template: Mapping[str, Any]) -> str | None:
 def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> Outcome:
     """Add the agent to a pod template ({"metadata", "spec"}); see agent.inject for the contract."""
     version = options.kubernetes_version
-    native, job = version >= (1, 29), kind in JOBS
+    native, job = versions.mode(version).native, kind in JOBS
     result = plain(template)
     reason = _skip_reason(result)
     if reason:
         return _skip(result, reason)
+    try:  # the class the pod has before injection, which the agent's resources keep (pod-level resources keep it alone)
+        before = qos_class(result["spec"])
+    except QuantityError as exc:
+        raise InjectError(f"spec.{exc}", ("spec", *exc.path)) from None
+    guaranteed = before is QosClass.GUARANTEED and not pod_level(result["spec"])
     hooks_or_refusal = [] if job else _pre_stops(result["spec"], version)
     if isinstance(hooks_or_refusal, str):
         return _skip(result, hooks_or_refusal)
     edit = Editor(result)
     spec = result["spec"]
     notes: list[str] = []
+    if before is QosClass.BEST_EFFORT:
+        requests = agent_spec.REQUESTS
+        notes.append(f"QoS class BestEffort becomes Burstable: the agent requests cpu {requests['cpu']} and memory "
+                     f"{requests['memory']}")
     extra = settings.annotation_checks(_mapping(result.get("metadata"), "annotations"))
-    generated, kept = _probes(edit, spec, job, notes)
+    generated, kept, own = _probes(edit, spec, job, notes)
     for base, hook, note in hooks_or_refusal:
+        if hook == hooks.app_pre_stop(version) and own.get(base[-1]):
+            hook = hooks.app_pre_stop(version, own[base[-1]])
         if note:
             notes.append(note)
         if hook is not None:
@@ -100,7 +114,7 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
         if name not in generated and isinstance(body, Mapping) and "liveness" in (body.get("probes") or ()):
             notes.append(f"check {name} of {settings.CHECKS_ANNOTATION} is under liveness, but each container's liveness "
                          "asks only the check made from its own probe: it shows in /livez and /status, and restarts nothing")
-    config: dict[str, Any] = {"listen": f"0.0.0.0:{settings.LISTEN_PORT}"}
+    config: dict[str, Any] = {"listen": format_address(ANY_HOST, settings.LISTEN_PORT)}  # dual-stack: any pod IP
     if job and not native:
         # A regular container outlives the app, and the Job would never complete: the agent watches the app's
         # container in the shared process namespace and exits with it (app.py: other_containers).
@@ -115,7 +129,7 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     env = settings.copied_env(settings.variables(extra), spec["containers"])
     text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
     agent = agent_spec.agent_container(options.image, kubelet_env.escape(text), env, native=native,
-                                       pre_stop=None if job else hooks.agent_pre_stop(native))
+                                       pre_stop=None if job else hooks.agent_pre_stop(native), guaranteed=guaranteed)
     edit.append(("spec", "initContainers" if native else "containers"), agent)
 
     if not isinstance(result.get("metadata"), Mapping):
@@ -123,17 +137,20 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     if not isinstance(result["metadata"].get("annotations"), Mapping):
         edit.set(("metadata", "annotations"), {})
     status = {"version": __version__, "kubernetes": f"{version[0]}.{version[1]}",
+              "kubernetes_from": options.kubernetes_source.value,
               "sidecar": "native" if native else "regular", "checks": list(checks), "kept": kept, "edits": edit.record}
     result["metadata"]["annotations"][STATUS] = json.dumps(status, separators=(",", ":"))
     return Outcome(result, True, notes)
 
 
-def _probes(edit: Editor, spec: dict[str, Any], job: bool, notes: list[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Each app container's probes made checks, and the kubelet's probes pointed at the agent; returns the checks and
-    the probes kept as they were."""
+def _probes(edit: Editor, spec: dict[str, Any], job: bool,
+            notes: list[str]) -> tuple[dict[str, dict[str, Any]], list[str], dict[Any, list[str]]]:
+    """Each app container's probes made checks, and the kubelet's probes pointed at the agent; returns the checks,
+    the probes kept as they were, and each container's (by index) liveness and startup checks."""
     generated: dict[str, dict[str, Any]] = {}
     kept: list[str] = []
     taken: set[str] = set()
+    own: dict[Any, list[str]] = {}
     for index, c in enumerate(spec["containers"]):
         name = str(c.get("name"))
         base: Path = ("spec", "containers", index)
@@ -148,6 +165,8 @@ def _probes(edit: Editor, spec: dict[str, Any], job: bool, notes: list[str]) -> 
                 continue
             check = _check_name(name, probe_kind, taken)
             generated[check] = found.body
+            if probe_kind != "readiness":  # a failed liveness or startup probe kills the container
+                own.setdefault(index, []).append(check)
             if probe_kind == "liveness":
                 edit.set((*base, key), agent_spec.liveness(check))
             elif probe_kind == "readiness":
@@ -156,7 +175,7 @@ def _probes(edit: Editor, spec: dict[str, Any], job: bool, notes: list[str]) -> 
                 edit.set((*base, key), agent_spec.startup(check, probe))
         if not job and c.get("readinessProbe") is None:  # the drain needs the pod's readiness on the agent
             edit.set((*base, "readinessProbe"), agent_spec.readiness())
-    return generated, kept
+    return generated, kept, own
 
 
 def _pre_stops(spec: Mapping[str, Any], version: tuple[int, int]) -> list[tuple[Path, dict[str, Any] | None, str | None]] | str:

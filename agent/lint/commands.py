@@ -129,8 +129,8 @@ class Target:
 
 
 def is_local(host: str) -> bool:
-    """A host a client reaches on its own machine: a loopback one, or the any-address (which connects locally)."""
-    return is_loopback_host(host) or host == "0.0.0.0"
+    """A host a client reaches on its own machine: a loopback one, or an any-address (which connects locally)."""
+    return is_loopback_host(host) or host.strip("[]") in ("0.0.0.0", "::")
 
 
 def sleeps_first(argv: Sequence[str]) -> int | None:

@@ -57,6 +57,14 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "a preStop `httpGet` to `/prestop` comes from the node, so the agent refuses it unless its config sets "
          "`admin.token_file` or `admin.token_env` (403) and the hook sends `Authorization: Bearer ...` (401); `$(VAR)` is "
          "not expanded in `httpHeaders`. An `exec` hook calling `http://127.0.0.1:PORT/prestop` needs no token"),
+    Rule("prestop-restart-stops-agent", WARNING,
+         "the kubelet also runs a preStop hook when it restarts the one container for a failed liveness or startup probe; "
+         "this hook calls `/prestop`, but that probe does not ask the agent (or the hook does not name its check with "
+         "`?check=NAME`), so the agent cannot tell the restart from a pod stop: it fails readiness, drains and exits"),
+    Rule("prestop-restart-held", INFO,
+         "the kubelet also runs a preStop hook when it restarts the one container for a failed liveness or startup probe; "
+         "this hook waits on `/prestop/wait`, but that probe does not ask the agent (or the hook does not name its check "
+         "with `?check=NAME`), so the agent holds the restart until no stop has begun for its window (5 s)"),
     Rule("relay-without-shared-pid", ERROR,
          "the config finds the app with `app.match` (to relay the stop signal, or for process checks) but the pod neither "
          "sets `shareProcessNamespace: true` nor runs the app under `sidecar-agent exec`"),

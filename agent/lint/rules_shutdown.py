@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
 
 from agent.lint.commands import sleeps_first, targets, wrapper
-from agent.lint.context import Context, endpoint
+from agent.lint.context import NETWORK, Context, endpoint
 from agent.lint.findings import Finding
 from agent.lint.model import Container, Handler
-from agent.probes import Probe
+from agent.lint.model import Probe as ProbeSpec
+from agent.probes import HOOK_WINDOW, Probe
 
 # Time the sequence needs beyond its budget: the hook's round trip, signal delivery, processes exiting and the
 # agent flushing and closing. The default config (5 s drain + 20 s stop) fits the default 30 s grace period with it.
@@ -142,6 +144,64 @@ def prestop_no_token(ctx: Context) -> Iterator[Finding]:
                               "the agent requires a bearer token for /prestop from outside the pod, and this hook sends "
                               "none: it gets 401 and nothing is ordered (the kubelet ignores the hook's status)",
                               "add httpHeaders: [{name: Authorization, value: Bearer <token>}] to the hook")
+
+
+def _agent_hook(ctx: Context, c: Container, h: Handler) -> str | None:
+    """The path (with its query) of a hook's call of /prestop or /prestop/wait on the agent, else None."""
+    assert ctx.agent is not None
+    if h.type == "httpGet":
+        return h.path if ctx.to_agent(c, h) and endpoint(h.path) in ("prestop", "prestop/wait") else None
+    if h.type == "exec":
+        return next((t.path for t in targets(h.command) if not t.host and t.port == ctx.agent.port and t.path
+                     and endpoint(t.path) in ("prestop", "prestop/wait")), None)
+    return None
+
+
+def _restart_seen(ctx: Context, c: Container, probe: ProbeSpec, named: list[str]) -> bool:
+    """Whether the agent sees this liveness or startup probe fail: it asks the agent, on the path the hook names
+    (`/livez/NAME` with `?check=NAME`; `/livez` or `/startupz` with no `check`). A probe that another rule already
+    sends elsewhere (another endpoint of the agent, a port that does not resolve) counts as seen: that fix comes first."""
+    h = probe.handler
+    if h.type in NETWORK and not h.host and c.resolve(h.port) is None:
+        return True  # probe-port-unresolved
+    if not ctx.to_agent(c, h):
+        return False
+    if h.type != "httpGet" or endpoint(h.path) not in ("livez", "startupz"):
+        return True  # probe-wrong-endpoint, liveness-dependency
+    bare = h.path.split("?", 1)[0].strip("/")
+    _, _, name = bare.partition("/")
+    return name in named if name else not named
+
+
+def prestop_restart_unseen(ctx: Context) -> Iterator[Finding]:
+    """A hook on the agent that the kubelet also runs for a probe kill the agent does not see (docs/shutdown.md)."""
+    if ctx.agent is None or ctx.agent.mode != "run":
+        return
+    for c in ctx.apps:
+        h = c.pre_stop
+        path = None if h is None or c is ctx.agent.container else _agent_hook(ctx, c, h)
+        if h is None or path is None:
+            continue
+        named = parse_qs(urlsplit(path).query).get("check", [])
+        unseen = [kind for kind, probe in c.probes.items()
+                  if kind in (Probe.LIVENESS, Probe.STARTUP) and not _restart_seen(ctx, c, probe, named)]
+        if not unseen:
+            continue
+        what = " or ".join(f"{kind} probe" for kind in unseen)
+        fix = (f"point the {what} at the agent (its check's /livez/NAME or /startupz/NAME) and name the checks in the "
+               "hook: ?check=NAME for each")
+        if endpoint(path) == "prestop":
+            yield ctx.finding("prestop-restart-stops-agent", c, h.line,
+                              f"when the kubelet restarts this container for a failed {what}, it runs this hook, and "
+                              "the agent, not seeing that probe fail, takes it for a pod stop: readiness fails for the "
+                              "whole pod, the drain runs and the agent exits (and with relay_signal, stops the app)",
+                              fix + "; or let the agent hear the stop from its own SIGTERM and make this hook wait on "
+                              "/prestop/wait")
+        else:
+            yield ctx.finding("prestop-restart-held", c, h.line,
+                              f"when the kubelet restarts this container for a failed {what}, it runs this hook, and "
+                              f"the agent, not seeing that probe fail, holds it until no stop has begun within "
+                              f"{HOOK_WINDOW:g}s: the restart waits that long", fix)
 
 
 def relay_without_shared_pid(ctx: Context) -> Iterator[Finding]:
@@ -292,5 +352,6 @@ def agent_config(ctx: Context) -> Iterator[Finding]:
                           "lint the file holding that ConfigMap too, or pass --agent-config FILE")
 
 
-RULES = (prestop_missing, prestop_wrong_target, prestop_no_token, relay_without_shared_pid, agent_cannot_signal,
+RULES = (prestop_missing, prestop_wrong_target, prestop_no_token, prestop_restart_unseen, relay_without_shared_pid,
+         agent_cannot_signal,
          app_behind_shell, grace_period_too_short, drain_shorter_than_readiness, agent_config)

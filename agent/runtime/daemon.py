@@ -74,6 +74,14 @@ class Agent:
                                  on_outcome=self.metrics.count_shutdown, clock=clock)
         self.server = ProbeServer(self.health, self.metrics, status=self.status, agent_live=self.agent_problems,
                                   heartbeats=self.heartbeats, controls=self, token=config.admin.token, clock=clock)
+        # A native sidecar's own preStop asks the agent to serve on after the sequence until its SIGTERM, which the
+        # kubelet sends once the app containers have exited (the sidecar's turn): it must not exit while they run.
+        self.until_sigterm = False
+        self.signalled = asyncio.Event()  # SIGTERM or SIGINT received: the agent may exit once the sequence is over
+        self.holding_since: float | None = None  # epoch seconds, while the sequence is over and SIGTERM is awaited
+        # preStop hooks taken for a container restart (a failed liveness or startup probe), not a pod stop.
+        self.restarts = 0
+        self.last_restart: dict[str, object] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._reloads: set[asyncio.Task[tuple[bool, str]]] = set()
         self._reload_lock = asyncio.Lock()
@@ -95,8 +103,12 @@ class Agent:
         report = self.shutdown.report
         shutdown = None if report.trigger is None else {
             "trigger": report.trigger, "started": iso(report.started), "outcome": report.outcome,
-            "error": report.error, "signalled_after_seconds": report.signalled_after}
+            "error": report.error, "signalled_after_seconds": report.signalled_after,
+            "exit": "on SIGTERM" if self.until_sigterm else "when stopped",
+            "waiting_for_sigterm_since": iso(self.holding_since)}
         extra: dict[str, object] = {"mode": "exec" if self.child else "run", "shutdown": shutdown,
+                                    "prestop_hooks_held": self.server.hooks_held,
+                                    "container_restarts": {"count": self.restarts, "last": self.last_restart},
                                     "agent": self.own_state()}
         if self.child is not None:
             extra["app_exit_code"] = self.child.exit_code
@@ -123,8 +135,20 @@ class Agent:
                             f"{self.config.agent.max_loop_lag:g}s")
         return problems
 
-    def trigger(self, reason: str) -> None:
+    def trigger(self, reason: str, *, until_sigterm: bool = False) -> None:
+        """Start the sequence (or join it); `until_sigterm`: after it, serve on until SIGTERM (unless already had)."""
+        if until_sigterm and not self.until_sigterm and not self.signalled.is_set():
+            self.until_sigterm = True
+            event(log, logging.INFO, f"{reason}: after the shutdown sequence the agent serves on until its SIGTERM, "
+                  "which the kubelet sends once the app containers have exited", exit="on SIGTERM")
         self.shutdown.trigger(reason)
+
+    def container_restart(self, hook: str, reason: str) -> None:
+        """A preStop hook that came for one container's restart (a failed probe): logged and counted, nothing else."""
+        self.restarts += 1
+        self.last_restart = {"hook": hook, "reason": reason, "time": iso(time.time())}
+        event(log, logging.WARNING, f"{hook}: a container restart, not a pod stop ({reason}): answered at once, "
+              "nothing started", hook=hook, container_restarts=self.restarts)
 
     def set_drained(self, drained: bool) -> None:
         if drained != self.health.admin_drained:
@@ -183,13 +207,31 @@ class Agent:
     def on_signal(self, signum: int) -> None:
         """Signal handlers only record the request; the shutdown task does the work."""
         name = signal.Signals(signum).name
+        first = not self.signalled.is_set()
+        self.signalled.set()
         if not self.shutdown.running:
             event(log, logging.INFO, f"received {name}", signal=name)
             self.shutdown.trigger(name)
+        elif self.until_sigterm and first:
+            # The kubelet signals a native sidecar once the app containers have exited: nothing is left to drain for.
+            held = "" if self.holding_since is None else f" after waiting {time.time() - self.holding_since:.1f}s"
+            event(log, logging.INFO, f"received {name}{held}: the app containers have exited; exiting now",
+                  signal=name)
+            if not self.shutdown.stopped.is_set():
+                self.shutdown.skip_waits()
         elif signum == signal.SIGINT:
             self.shutdown.skip_waits()
         else:
             event(log, logging.INFO, f"received {name} again; the shutdown already runs", signal=name)
+
+    async def hold(self) -> None:
+        """After the sequence: when asked (a native sidecar's own preStop), serve on until SIGTERM."""
+        if not self.until_sigterm or self.signalled.is_set():
+            return
+        self.holding_since = time.time()
+        event(log, logging.INFO, "the shutdown sequence is over; still serving (readiness 503, /status, /metrics) until "
+              "SIGTERM, which the kubelet sends once the app containers have exited", waiting_for="SIGTERM")
+        await self.signalled.wait()
 
     # -- lifetime ------------------------------------------------------------------------------------
 
@@ -320,6 +362,7 @@ async def serve(config: Config, scrub: Scrubber, command: Sequence[str] | None =
             event(log, logging.WARNING, f"{scrub.too_short} secret(s) are shorter than 4 characters and cannot be "
                   "redacted from logs and messages without mangling them: use longer secrets")
         await agent.shutdown.stopped.wait()
+        await agent.hold()
     finally:
         await agent.stop()  # the handlers stay in place meanwhile: a late SIGINT or SIGTERM changes nothing
         # Straight from the loop's handler to SIG_IGN: the loop's own remove_signal_handler would first restore

@@ -11,21 +11,31 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from agent.config import ANY_HOST
+from agent.listen import BACKLOG, any_address_socket
 from agent.logs import event
-from agent.probes import Probe
+from agent.probes import HOOK_WINDOW, Probe
 from agent.runtime.health import Answer, Health
 from agent.runtime.metrics import Metrics
-from agent.units import is_loopback_host
+from agent.units import format_address, format_duration, is_loopback_host
 
 log = logging.getLogger("agent.server")
 TEXT = "text/plain"
 TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
+HOOK_PROBES = (Probe.LIVENESS, Probe.STARTUP)  # the probes whose failure makes the kubelet kill one container
+
+
 class PrestopWait(Protocol):
     """What /prestop needs of the shutdown sequence (agent.runtime.shutdown.Shutdown)."""
 
+    @property
+    def running(self) -> bool: ...
+
     async def wait_for_prestop(self, *, bounded: bool = False) -> str | None: ...
+
+    async def begins_within(self, seconds: float) -> bool: ...
 
 
 class Controls(Protocol):
@@ -34,7 +44,9 @@ class Controls(Protocol):
     @property
     def shutdown(self) -> PrestopWait: ...
 
-    def trigger(self, reason: str) -> None: ...
+    def trigger(self, reason: str, *, until_sigterm: bool = False) -> None: ...
+
+    def container_restart(self, hook: str, reason: str) -> None: ...
 
     def set_drained(self, drained: bool) -> None: ...
 
@@ -55,6 +67,11 @@ class ProbeServer:
         self._routes(self.app.router)
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
+        # The last status answered on each liveness and startup path ((probe, None) for /livez, (probe, NAME) for
+        # /livez/NAME): the kubelet kills a container right after its probe got failures from here, so a preStop
+        # hook that comes while the last answer was a failure is that container's restart, not a pod stop.
+        self.answered: dict[tuple[str, str | None], int] = {}
+        self.hooks_held = 0  # preStop hooks (/prestop, /prestop/wait) being held now, for /status
 
     def _routes(self, router: web.UrlDispatcher) -> None:
         for probe in Probe:
@@ -89,6 +106,8 @@ class ProbeServer:
                 query = request.query
                 answer = self.health.evaluate(probe, now, verbose="verbose" in query, exclude=query.getall("exclude", []))
             self.metrics.count_probe(probe, answer.status)
+            if probe in HOOK_PROBES:
+                self.answered[(probe, None)] = answer.status
             return _text(answer)
         return handle
 
@@ -99,6 +118,8 @@ class ProbeServer:
             if answer is None:
                 return web.Response(status=404, text=f"no {probe} check named {name[:80]!r}\n", content_type=TEXT)
             self.metrics.count_probe(probe, answer.status)
+            if probe in HOOK_PROBES:
+                self.answered[(probe, name)] = answer.status
             return _text(answer)
         return handle
 
@@ -149,26 +170,85 @@ class ProbeServer:
             return web.Response(status=403, text="wrong bearer token\n", content_type=TEXT)
         return None
 
+    def failing_answer(self, request: web.Request) -> str | None:
+        """Which liveness or startup answer of the hook's container is failing (None: none is).
+
+        Failing: the last answer given on that path was a failure (the kubelet acts on what it was told) and the
+        answer still is one (a blip that has passed since, with the kubelet's threshold not reached, is no kill).
+        The hook names its container's checks with `?check=NAME` (repeatable; inject writes them), meaning the
+        answers on /livez/NAME and /startupz/NAME; without any, the answers on /livez and /startupz count.
+        """
+        names: list[str | None] = list(request.query.getall("check", [])) or [None]
+        now = self.clock()
+        for name in names:
+            for probe in HOOK_PROBES:
+                status = self.answered.get((probe, name))
+                if status is None or status < 400:
+                    continue
+                current = self.health.answer(probe, now) if name is None else self.health.evaluate_one(probe, name, now)
+                if current is not None and current.status >= 400:
+                    path = f"/{probe.path}" + (f"/{name}" if name else "")
+                    return f"the last {probe.value} answer on {path} was {status}, and it still fails"
+        return None
+
+    def _restart(self, hook: str, reason: str) -> web.Response:
+        self.controls.container_restart(hook, reason)
+        return web.Response(text=f"container restart, not a pod stop: {reason}; nothing to drain\n", content_type=TEXT)
+
     async def prestop(self, request: web.Request) -> web.Response:
-        """Start the sequence and hold the kubelet's preStop hook until the app is stopped (or the drain is over)."""
+        """Start the sequence and hold the kubelet's preStop hook until the app is stopped (or the drain is over);
+        a hook that comes while the app's liveness or startup answer is failing is a container restart: answered
+        at once, nothing started."""
+        if not self.controls.shutdown.running:
+            failing = self.failing_answer(request)
+            if failing is not None:
+                return self._restart("GET /prestop", failing)
         self.controls.trigger("GET /prestop")
-        outcome = await self.controls.shutdown.wait_for_prestop()
+        self.hooks_held += 1
+        try:
+            outcome = await self.controls.shutdown.wait_for_prestop()
+        finally:
+            self.hooks_held -= 1
         return web.Response(text=f"shutdown: {outcome}\n", content_type=TEXT)
 
     async def prestop_wait(self, request: web.Request) -> web.Response:
         """Hold an app container's preStop hook until the ordered stop has drained (or stopped the app).
 
-        It triggers nothing, so it needs no token: the sequence starts from the agent's SIGTERM or its own preStop.
-        A caller with no stop under way is answered 503 after the grace period, which bounds a hook anyway.
+        It triggers nothing, so it needs no token: the sequence starts from the agent's SIGTERM or its own preStop,
+        which on a pod deletion the kubelet starts together with this hook. A hook that comes while the app's
+        liveness or startup answer is failing, or when no stop begins within HOOK_WINDOW, is the kubelet killing one
+        container (a failed probe): answered at once, so the restart is not held. A stop that has begun is waited
+        for at most the grace period, which bounds a hook anyway (then 503).
         """
-        outcome = await self.controls.shutdown.wait_for_prestop(bounded=True)
+        shutdown = self.controls.shutdown
+        note = ""
+        if not shutdown.running:
+            failing = self.failing_answer(request)
+            if failing is not None:
+                return self._restart("GET /prestop/wait", failing)
+        self.hooks_held += 1
+        try:
+            if not shutdown.running:
+                came = self.clock()
+                if not await shutdown.begins_within(HOOK_WINDOW):
+                    return self._restart("GET /prestop/wait", f"no stop began within {format_duration(HOOK_WINDOW)}")
+                # How far behind the hook the stop began: the figure HOOK_WINDOW is sized from (bench/bench_hooks.py).
+                note = f" (the stop began {self.clock() - came:.3f}s after this hook)"
+            outcome = await shutdown.wait_for_prestop(bounded=True)
+        finally:
+            self.hooks_held -= 1
         if outcome is None:
-            return web.Response(status=503, text="no ordered stop under way\n", content_type=TEXT)
-        return web.Response(text=f"shutdown: {outcome}\n", content_type=TEXT)
+            return web.Response(status=503, text="the ordered stop did not drain within the grace period\n",
+                                content_type=TEXT)
+        return web.Response(text=f"shutdown: {outcome}{note}\n", content_type=TEXT)
 
     async def quitquitquit(self, request: web.Request) -> web.Response:
-        self.controls.trigger("POST /quitquitquit")
-        return web.Response(text="shutting down\n", content_type=TEXT)
+        """Start the sequence and return. `?exit=sigterm` (a native sidecar's own preStop, `sidecar-agent stop`):
+        after the sequence keep serving until SIGTERM, which the kubelet sends once the app containers have exited."""
+        until_sigterm = request.query.get("exit") == "sigterm"
+        self.controls.trigger("POST /quitquitquit", until_sigterm=until_sigterm)
+        return web.Response(text="shutting down" + (", then serving until SIGTERM" if until_sigterm else "") + "\n",
+                            content_type=TEXT)
 
     async def drain(self, request: web.Request) -> web.Response:
         self.controls.set_drained(True)
@@ -189,15 +269,22 @@ class ProbeServer:
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
                                     keepalive_timeout=15.0, max_line_size=8190, max_field_size=8190, max_headers=128)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True, backlog=1024)
         try:
+            site: web.BaseSite
+            if host == ANY_HOST:
+                sock, host = any_address_socket(port)
+                site = web.SockSite(self.runner, sock)
+            else:
+                site = web.TCPSite(self.runner, host, port, reuse_address=True, backlog=BACKLOG)
             await site.start()
         except BaseException:
             await self.runner.cleanup()
             raise
         addresses = self.runner.addresses  # (host, port) or, for IPv6, (host, port, flowinfo, scope_id)
         self.port = int(addresses[0][1]) if addresses else port
-        event(log, logging.INFO, f"serving probes on {host}:{self.port}", listen=f"{host}:{self.port}")
+        where = format_address(host, self.port)
+        event(log, logging.INFO, f"serving probes on {where}" + (" (IPv4 and IPv6)" if host == ANY_HOST else ""),
+              listen=where)
 
     async def close(self) -> None:
         if self.runner is not None:

@@ -101,6 +101,7 @@ class Shutdown:
         self.drained = asyncio.Event()  # readiness has failed for the whole drain
         self.stopped = asyncio.Event()  # the sequence is over; the agent may exit
         self.hurry = asyncio.Event()  # a second SIGINT: skip the remaining waits
+        self.begun = asyncio.Event()  # a trigger has started the sequence
         self.task: asyncio.Task[None] | None = None
         self._started_at = 0.0
         self._sending: list[Callable[[], None]] | None = None  # while the stop signal goes out: what waits for its log
@@ -117,6 +118,15 @@ class Shutdown:
         self.report = Report(trigger=reason, started=time.time())
         self._started_at = self.clock()
         self.task = asyncio.create_task(self._sequence(reason, app_gone), name="shutdown")
+        self.begun.set()
+
+    async def begins_within(self, seconds: float) -> bool:
+        """Whether the sequence has begun, or begins within `seconds` (a hook that came just before the trigger)."""
+        try:
+            await asyncio.wait_for(self.begun.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def wait_for_prestop(self, *, bounded: bool = False) -> str | None:
         """Hold a preStop hook until the app is stopped (or, when the signal is not relayed, the drain is over);

@@ -7,6 +7,8 @@ metrics, and the process's lifetime (SIGTERM or SIGINT stops it cleanly).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -21,10 +23,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
+from agent.config import ANY_HOST
 from agent.inject import InjectError, Options, Outcome, inject_template  # the same code path as `inject`
+from agent.listen import any_address_socket
 from agent.logs import event
 from agent.units import format_address
 from agent.webhook.admission import BadReview, Decision, Mutate, Review, decide, parse
+from agent.webhook.kubelets import OldestKubelet
 
 log = logging.getLogger("agent.webhook")
 
@@ -48,7 +53,7 @@ class Settings:
 
     cert: str
     key: str
-    host: str = "0.0.0.0"
+    host: str = ANY_HOST  # every address, IPv4 and IPv6: the API server calls the Service's pod IPs
     port: int = 8443
     options: Options = field(default_factory=Options)  # the image and the Kubernetes version, as `inject` takes them
 
@@ -132,6 +137,8 @@ class WebhookMetrics:
                                   buckets=BUCKETS, registry=self.registry)
         self.reloads = Counter("sidecar_webhook_certificate_reloads", "Reloads of the TLS certificate after its files "
                                "changed, by result.", ["result"], registry=self.registry)
+        self.node_reads = Counter("sidecar_webhook_node_reads", "Reads of the nodes' kubelet versions under "
+                                  "--kubernetes-version auto, by result.", ["result"], registry=self.registry)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
@@ -202,8 +209,13 @@ class WebhookServer:
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS,
                                     keepalive_timeout=KEEPALIVE_SECONDS)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, ssl_context=self.certificates.listening, reuse_address=True)
         try:
+            site: web.BaseSite
+            if host == ANY_HOST:
+                sock, host = any_address_socket(port)
+                site = web.SockSite(self.runner, sock, ssl_context=self.certificates.listening)
+            else:
+                site = web.TCPSite(self.runner, host, port, ssl_context=self.certificates.listening, reuse_address=True)
             await site.start()
         except BaseException:
             await self.runner.cleanup()
@@ -223,18 +235,32 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-def injection(settings: Settings) -> tuple[Mutate, tuple[type[Exception], ...]]:
-    """The production mutation: agent.inject's, with the image and Kubernetes version of the settings."""
+def injection(settings: Settings, kubelets: OldestKubelet | None = None) -> tuple[Mutate, tuple[type[Exception], ...]]:
+    """The production mutation: agent.inject's, with the image and Kubernetes version of the settings, or (`auto`)
+    the oldest kubelet's version as `kubelets` knows it at each review."""
     options = settings.options
 
     def mutate(template: Mapping[str, Any]) -> Outcome:
-        return inject_template(template, options, kind="Pod")
+        if kubelets is None:
+            return inject_template(template, options, kind="Pod")
+        chosen = kubelets.current
+        return inject_template(template, dataclasses.replace(options, kubernetes_version=chosen.version,
+                                                             kubernetes_source=chosen.source), kind="Pod")
 
     return mutate, (InjectError,)
 
 
-async def serve(settings: Settings, mutate: Mutate, refusals: tuple[type[Exception], ...]) -> int:
-    """Serve until SIGTERM or SIGINT, then stop cleanly; returns the exit code."""
+def _log_end(task: asyncio.Task[None]) -> None:
+    """A background task that ended on its own, not by the webhook's cancel, is a bug: say so."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the task %s failed; injections keep the last version it set", task.get_name(),
+                  exc_info=task.exception())
+
+
+async def serve(settings: Settings, mutate: Mutate, refusals: tuple[type[Exception], ...],
+                kubelets: OldestKubelet | None = None) -> int:
+    """Serve until SIGTERM or SIGINT, then stop cleanly; returns the exit code. With `kubelets` (`auto`), a task
+    owned here keeps its version current: started first, cancelled and awaited on the way out."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     metrics = WebhookMetrics()
@@ -249,11 +275,20 @@ async def serve(settings: Settings, mutate: Mutate, refusals: tuple[type[Excepti
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    reader: asyncio.Task[None] | None = None
+    if kubelets is not None:
+        kubelets.on_read = lambda ok: metrics.node_reads.labels("success" if ok else "failure").inc()
+        reader = asyncio.create_task(kubelets.run(), name="kubelet-versions")
+        reader.add_done_callback(_log_end)
     try:
         await server.start(settings.host, settings.port)
         await stop.wait()
         event(log, logging.INFO, f"received {received[0]}, stopping the webhook", signal=received[0])
     finally:
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a failure was logged when it happened
+                await reader
         await server.close()  # the handlers stay meanwhile: a second signal changes nothing
         # Straight to SIG_IGN rather than the default action, which a late signal would turn into the exit code;
         # the caller ends the process right after (cli._run_loop).

@@ -119,7 +119,7 @@ def test_the_configmap_config_passes_check_config(workload: Workload, configs: d
     config = configs[workload.name]
     assert config["checks"], f"{workload.name}: a config without checks watches nothing"
     assert listen_port(config) == container_port(workload.agent, "agent")
-    assert str(config["listen"]).startswith("0.0.0.0:"), "the kubelet probes the pod IP: listen on every interface"
+    assert str(config["listen"]).startswith("[::]:"), "the kubelet probes the pod IP, IPv4 or IPv6: every address"
 
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids=IDS)

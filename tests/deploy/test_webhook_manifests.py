@@ -70,8 +70,8 @@ def validate(doc: dict[str, Any], version: str) -> None:
 
 
 def test_the_folder_holds_every_promised_object() -> None:
-    assert set(OBJECTS) == {"Namespace", "ServiceAccount", "Deployment", "PodDisruptionBudget", "Service",
-                            "MutatingWebhookConfiguration", "Issuer", "Certificate"}
+    assert set(OBJECTS) == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
+                            "PodDisruptionBudget", "Service", "MutatingWebhookConfiguration", "Issuer", "Certificate"}
     assert SCRIPT.is_file()
 
 
@@ -125,9 +125,21 @@ def test_the_pod_runs_under_the_restricted_profile() -> None:
     assert context["readOnlyRootFilesystem"] is True
     assert context["capabilities"] == {"drop": ["ALL"]}
     assert context["seccompProfile"]["type"] == "RuntimeDefault"
-    assert POD["automountServiceAccountToken"] is False
-    assert OBJECTS["ServiceAccount"]["automountServiceAccountToken"] is False
+    assert OBJECTS["ServiceAccount"]["automountServiceAccountToken"] is False, "only the webhook's pod gets a token"
     assert all(mount["readOnly"] for mount in CONTAINER["volumeMounts"])
+
+
+def test_the_webhook_reads_the_oldest_kubelet_with_a_token_that_may_only_list_nodes() -> None:
+    args = _parser().parse_args([*CONTAINER.get("command", [])[1:], *CONTAINER["args"]])
+    assert args.kubernetes_version == "auto"
+    assert POD["automountServiceAccountToken"] is True, "auto lists the nodes with the pod's service account"
+    account = OBJECTS["ServiceAccount"]["metadata"]
+    assert POD["serviceAccountName"] == account["name"]
+    binding, role = OBJECTS["ClusterRoleBinding"], OBJECTS["ClusterRole"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]}]
 
 
 def container_port(name_or_number: str | int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -61,6 +62,25 @@ def test_unreadable_yaml_exits_2_with_the_line(tmp_path: pathlib.Path, text: str
 def test_a_bad_version_is_a_usage_error() -> None:
     done = inject("--kubernetes-version", "latest", str(CORPUS / "frontend.yaml"))
     assert done.returncode == 2 and "--kubernetes-version" in done.stderr
+
+
+def status(text: str) -> dict[str, object]:
+    pod = next(d for d in yaml.safe_load_all(text) if d["kind"] == "Deployment")["spec"]["template"]
+    found: dict[str, object] = json.loads(pod["metadata"]["annotations"]["sidecar-agent.io/status"])
+    return found
+
+
+def test_the_status_says_whether_the_version_was_given_or_the_default() -> None:
+    path = str(CORPUS / "frontend.yaml")
+    assert {k: status(inject(path).stdout)[k] for k in ("kubernetes", "kubernetes_from")} == {
+        "kubernetes": "1.33", "kubernetes_from": "default"}
+    assert {k: status(inject("--kubernetes-version", "1.29", path).stdout)[k] for k in ("kubernetes", "kubernetes_from")
+            } == {"kubernetes": "1.29", "kubernetes_from": "flag"}
+
+
+def test_auto_is_the_webhooks_only() -> None:
+    done = inject("--kubernetes-version", "auto", str(CORPUS / "frontend.yaml"))
+    assert done.returncode == 2 and "--kubernetes-version auto" in done.stderr and done.stdout == ""
 
 
 def test_remove_on_the_command_line_restores_the_input(tmp_path: pathlib.Path) -> None:

@@ -11,6 +11,7 @@ from kubernetes_validate import utils as kube
 
 from agent.inject import Options
 from agent.inject.documents import run
+from agent.kube.versions import Source
 from agent.lint import lint_documents
 from agent.lint.source import parse_text as parse
 
@@ -24,7 +25,7 @@ IDS = [f"{f.stem}-{v}" for f, v in CASES]
 
 
 def inject(path: pathlib.Path | str, version: str, **kw: bool) -> str:
-    return run([str(path)], Options(kubernetes_version=VERSIONS[version]), **kw).text
+    return run([str(path)], Options(kubernetes_version=VERSIONS[version], kubernetes_source=Source.FLAG), **kw).text
 
 
 def test_corpus_has_every_shape() -> None:

@@ -63,7 +63,7 @@ def test_lint_reads_the_config_from_the_agents_env() -> None:
 
 def test_a_native_sidecar_without_its_own_hook_leaves_the_wait_untriggered() -> None:
     doc = injected((1, 29))
-    assert pod(doc)["containers"][0]["lifecycle"]["preStop"]["httpGet"]["path"] == "/prestop/wait"
+    assert pod(doc)["containers"][0]["lifecycle"]["preStop"]["httpGet"]["path"] == "/prestop/wait?check=web-liveness"
     del agent(doc)["lifecycle"]
     assert ("prestop-wrong-target", "web") in rules(doc)
 

@@ -26,19 +26,19 @@ def kept(probe: dict[str, Any]) -> Kept:
 def test_http_on_a_named_port_keeps_headers_and_timing() -> None:
     got = body({"httpGet": {"path": "/healthz", "port": "http", "httpHeaders": [{"name": "Cookie", "value": "a=b"}]},
                 "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 4, "initialDelaySeconds": 7})
-    assert got == {"type": "http", "url": "http://127.0.0.1:8080/healthz", "headers": {"Cookie": "a=b"},
+    assert got == {"type": "http", "url": "http://localhost:8080/healthz", "headers": {"Cookie": "a=b"},
                    "probes": ["liveness"], "interval": "5s", "timeout": "2s", "initial_delay": "7s",
                    "failure_threshold": 4, "success_threshold": 1}
 
 
 def test_https_turns_certificate_verification_off_as_the_kubelet_does() -> None:
     got = body({"httpGet": {"path": "/z", "port": 8443, "scheme": "HTTPS"}}, "readinessProbe")
-    assert got["url"] == "https://127.0.0.1:8443/z" and got["tls_verify"] is False and got["probes"] == ["readiness"]
+    assert got["url"] == "https://localhost:8443/z" and got["tls_verify"] is False and got["probes"] == ["readiness"]
 
 
 def test_defaults_are_the_kubelets() -> None:
     got = body({"tcpSocket": {"port": 6379}}, "startupProbe")
-    assert got == {"type": "tcp", "address": "127.0.0.1:6379", "probes": ["startup"], "interval": "10s", "timeout": "1s",
+    assert got == {"type": "tcp", "address": "localhost:6379", "probes": ["startup"], "interval": "10s", "timeout": "1s",
                    "failure_threshold": 3, "success_threshold": 1}
 
 
@@ -53,7 +53,7 @@ def test_native_grpc_keeps_its_service() -> None:
 ])
 def test_grpc_health_probe_becomes_a_grpc_check(command: list[str]) -> None:
     got = body({"exec": {"command": command}})
-    assert got["type"] == "grpc" and got["address"] == "127.0.0.1:9000"
+    assert got["type"] == "grpc" and got["address"] == "localhost:9000"
 
 
 @pytest.mark.parametrize(("probe", "reason"), [

@@ -63,7 +63,9 @@ def test_native_sidecar_from_1_29_and_a_regular_container_below() -> None:
     assert [c["name"] for c in native["initContainers"]] == ["sidecar-agent"]
     assert native["initContainers"][0]["restartPolicy"] == "Always"
     assert native["initContainers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sidecar-agent", "stop"]
-    assert native["containers"][0]["lifecycle"]["preStop"] == {"httpGet": {"path": "/prestop/wait", "port": 8686}}
+    # The app's hook names its own liveness and startup checks: a restart of it is answered at once.
+    assert native["containers"][0]["lifecycle"]["preStop"] == {
+        "httpGet": {"path": "/prestop/wait?check=web-liveness&check=web-startup", "port": 8686}}
     assert inject_template(template(), Options(kubernetes_version=(1, 30))).template["spec"]["containers"][0][
         "lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
     regular = inject_template(template(), Options(kubernetes_version=(1, 28))).template["spec"]

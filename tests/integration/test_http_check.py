@@ -138,5 +138,8 @@ async def test_a_closed_port_is_refused() -> None:
 
 def test_https_and_host_names_go_through_aiohttp() -> None:
     assert HttpCheck(Params(url="https://127.0.0.1:8443/")).direct is None
-    assert HttpCheck(Params(url="http://localhost:8080/")).direct is None
+    assert HttpCheck(Params(url="http://db.example:8080/")).direct is None
     assert HttpCheck(Params(url="http://[::1]:8080/")).direct is not None
+    # localhost needs no lookup: both loopbacks, IPv4 first (most apps listen there).
+    local = HttpCheck(Params(url="http://localhost:8080/")).direct
+    assert local is not None and [address[0] for _, address in local.addresses] == ["127.0.0.1", "::1"]

@@ -324,3 +324,27 @@ def test_exec_mode_is_warned_about_only_with_stop_scope_process() -> None:
     findings = lint_objects([config_map("shutdown: {stop_scope: process}\n"), pod(container, volumes=CONFIG_VOLUME)])
     assert [(f.rule, f.container) for f in findings] == [("app-behind-shell", "app")]
     assert "stop_scope: process sends SIGTERM to it alone" in findings[0].message
+
+
+# -- a container restart runs the preStop hook too (the agent tells it from a pod stop by the probe it answered) ----
+
+WAIT_HOOK = {"preStop": {"httpGet": {"path": "/prestop/wait", "port": 8686}}}
+
+
+def test_a_prestop_hook_whose_liveness_the_agent_does_not_answer_would_stop_the_agent_on_a_restart() -> None:
+    own_liveness = {"httpGet": {"path": "/healthz", "port": 8080}}
+    assert lint(pod(app(livenessProbe=own_liveness), agent())) == [("prestop-restart-stops-agent", "app")]
+    assert lint(pod(app(livenessProbe=own_liveness, lifecycle=WAIT_HOOK), agent())) == [("prestop-restart-held", "app")]
+
+
+@pytest.mark.parametrize(("liveness", "path", "flagged"), [
+    ("/livez", "/prestop/wait", False),
+    ("/livez/web-liveness", "/prestop/wait?check=web-liveness", False),
+    ("/livez/web-liveness", "/prestop/wait", True),  # the hook does not say which check is its container's
+    ("/livez", "/prestop/wait?check=web-liveness", True),  # it names a check the probe does not ask
+])
+def test_the_hook_names_the_checks_its_containers_probes_ask(liveness: str, path: str, flagged: bool) -> None:
+    probe = {"httpGet": {"path": liveness, "port": 8686}}
+    hook = {"preStop": {"httpGet": {"path": path, "port": 8686}}}
+    assert lint(pod(app(livenessProbe=probe, lifecycle=hook), agent())) == (
+        [("prestop-restart-held", "app")] if flagged else [])

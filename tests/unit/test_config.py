@@ -23,7 +23,7 @@ def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
 
 def test_the_embedded_default_serves_everywhere_with_no_checks() -> None:
     config = load(DEFAULT_CONFIG, {})
-    assert config.listen == ("0.0.0.0", 8686)
+    assert config.listen == ("::", 8686)
     assert config.checks == ()
 
 

@@ -41,9 +41,11 @@ def test_addresses_split_into_host_and_port() -> None:
     assert parse_address("127.0.0.1:8080") == ("127.0.0.1", 8080)
     assert parse_address("[::1]:80") == ("::1", 80)
     assert parse_address(":8686", default_host="0.0.0.0") == ("0.0.0.0", 8686)
+    assert parse_address("[::]:8686") == ("::", 8686)
 
 
-@pytest.mark.parametrize("text", ["nohost", "host:0", "host:65536", "host:http", ":80"])
+@pytest.mark.parametrize("text", ["nohost", "host:0", "host:65536", "host:http", ":80",
+                                  "::1:80", "[::1:80", "[db]:80", "[127.0.0.1]:80", "db]:80"])
 def test_bad_addresses_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_address(text)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from agent.inject import InjectError, Options, inject_template
+from agent.kube.versions import Source
 from tests.servers import free_port
 from tests.webhook.conftest import TlsPair
 from tests.webhook.reviews import client_context, patched, review
@@ -97,7 +98,8 @@ def test_the_patch_gives_what_inject_gives(served: tuple[str, TlsPair, str], nam
     major, minor = (int(p) for p in version.split("."))
     template = {"metadata": copy.deepcopy(obj["metadata"]), "spec": copy.deepcopy(obj["spec"])}
     try:
-        expected = inject_template(template, Options(kubernetes_version=(major, minor)), kind="Pod")
+        expected = inject_template(template, Options(kubernetes_version=(major, minor), kubernetes_source=Source.FLAG),
+                                   kind="Pod")
     except InjectError as exc:  # a refused pod must be refused by the webhook too, with the same words
         answer = ask(url, tls, review(copy.deepcopy(obj), uid=f"uid-{name}"))["response"]
         assert answer["uid"] == f"uid-{name}" and answer["allowed"] is False

@@ -1,0 +1,124 @@
+"""The nodes' kubelet versions, read from the API server with the pod's service account: plain HTTPS over aiohttp.
+
+In a pod the API server is at $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, its CA and the service account's
+token are files under /var/run/secrets/kubernetes.io/serviceaccount. The token is a projected one that the kubelet
+renews (about hourly), so it is read again for every listing. The token never reaches a log or an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from agent.units import format_address
+
+ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+PAGE = 500  # nodes per request: a large cluster's list comes in pages, never as one body of many megabytes
+TIMEOUT_SECONDS = 10.0
+MAX_PAGES = 200  # 100 000 nodes: a server that keeps answering `continue` cannot hold the reader forever
+
+
+class NodeListError(Exception):
+    """The nodes could not be listed; the message says why (never with the token)."""
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    """Where the API server is and how to authenticate to it."""
+
+    url: str  # https://HOST:PORT
+    ca_file: str
+    token_file: str
+
+    def context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts the cluster's CA only and checks the server's name."""
+        try:
+            return ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise NodeListError(f"cannot load the cluster's CA {self.ca_file}: {getattr(exc, 'strerror', None) or exc}"
+                                ) from None
+
+    def token(self) -> str:
+        try:
+            with open(self.token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NodeListError(f"cannot read the service account token {self.token_file}: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not token:
+            raise NodeListError(f"the service account token {self.token_file} is empty")
+        return token
+
+
+def in_cluster(env: Mapping[str, str], account: str = ACCOUNT) -> ApiServer:
+    """The API server as a pod sees it; NodeListError when this is not a pod with a service account token."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        raise NodeListError("KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set: not running in a pod")
+    if not port.isdigit():
+        raise NodeListError(f"KUBERNETES_SERVICE_PORT is not a port: {port!r}")
+    return ApiServer(f"https://{format_address(host, int(port))}", os.path.join(account, "ca.crt"),
+                     os.path.join(account, "token"))
+
+
+async def kubelet_versions(api: ApiServer, session: aiohttp.ClientSession | None = None) -> list[tuple[str, str]]:
+    """(node name, status.nodeInfo.kubeletVersion) of every node, page by page; NodeListError on any failure."""
+    context = api.context()
+    own = session is None
+    if session is None:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS))
+    try:
+        found: list[tuple[str, str]] = []
+        token = ""
+        for _ in range(MAX_PAGES):
+            page = await _get(session, api, context, f"/api/v1/nodes?limit={PAGE}"
+                              + (f"&continue={quote(token, safe='')}" if token else ""))
+            found += [_version(item, len(found) + i) for i, item in enumerate(page.get("items") or [])]
+            metadata = page.get("metadata")
+            token = str(metadata.get("continue") or "") if isinstance(metadata, Mapping) else ""
+            if not token:
+                return found
+        raise NodeListError(f"the node list did not end after {MAX_PAGES} pages")
+    finally:
+        if own:
+            await session.close()
+
+
+async def _get(session: aiohttp.ClientSession, api: ApiServer, context: ssl.SSLContext, path: str) -> Mapping[str, Any]:
+    headers = {"Authorization": f"Bearer {api.token()}", "Accept": "application/json"}
+    try:
+        async with session.get(api.url + path, headers=headers, ssl=context, allow_redirects=False) as response:
+            body = await response.read()
+            status = response.status
+    except aiohttp.ClientError as exc:
+        raise NodeListError(f"GET {api.url}/api/v1/nodes: {type(exc).__name__}: {exc}") from None
+    except TimeoutError:
+        raise NodeListError(f"GET {api.url}/api/v1/nodes: no answer within {TIMEOUT_SECONDS:g}s") from None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if status != 200:
+        # The API server explains a refusal in a Status object (403: the RBAC rule is missing).
+        message = data.get("message") if isinstance(data, Mapping) else None
+        raise NodeListError(f"GET {api.url}/api/v1/nodes: HTTP {status}" + (f": {message}" if message else ""))
+    if not isinstance(data, Mapping) or data.get("kind") != "NodeList":
+        raise NodeListError(f"GET {api.url}/api/v1/nodes: the answer is not a NodeList")
+    return data
+
+
+def _version(item: Any, index: int) -> tuple[str, str]:
+    """(name, kubeletVersion) of one item; a node without them gives an empty version, which `oldest` refuses."""
+    node = item if isinstance(item, Mapping) else {}
+    metadata, status = node.get("metadata"), node.get("status")
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
+    info = status.get("nodeInfo") if isinstance(status, Mapping) else None
+    version = info.get("kubeletVersion") if isinstance(info, Mapping) else None
+    return str(name or f"#{index}"), str(version or "")
