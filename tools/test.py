@@ -37,7 +37,7 @@ PYTHON = VENV / "bin" / "python"
 # Debian package -> the command that shows it is installed.
 PACKAGES = {
     "prometheus": "promtool",  # promtool checks /metrics and the alert rules
-    "wrk": "wrk",  # the benchmarks' load generator (tests/reliability runs it too)
+    "wrk": "wrk",  # the benchmarks' load generator (bench/), which the docs promise with the suite
     "dnsmasq-base": "dnsmasq",  # the dns check's tests run a local nameserver
     "nginx-light": "nginx",  # exec mode stops a real nginx through its process group
     "redis-server": "redis-server",  # the redis check's server (redis-tools, its redis-cli, comes along)
