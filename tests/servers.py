@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -61,6 +62,22 @@ class Certs:
                         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={dns_name or ip}",
                         "-addext", f"subjectAltName={names}"], check=True, capture_output=True, timeout=60)
         return key, cert
+
+
+def free_port_below_ephemeral() -> int:
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range, which no client connection takes as its
+    source port: a client that connects again and again while nothing listens cannot meet itself (TCP self-connect)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+        low = int(handle.read().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 10000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port below {low}")
 
 
 @contextmanager

@@ -33,7 +33,7 @@ import pytest
 
 from agent.testing import AgentProcess, http_request, run_agent
 from tests.conftest import Target
-from tests.servers import accepting_port, free_port, own_address
+from tests.servers import accepting_port, free_port_below_ephemeral, own_address
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STAND_IN_APP = str(ROOT / "tests" / "apps" / "app.py")
@@ -245,10 +245,8 @@ def watch_restart(config: pathlib.Path, port: int, log: pathlib.Path, bound: flo
             for path in ("/livez", "/readyz"):
                 try:
                     code, _ = http_request(f"http://127.0.0.1:{port}{path}", timeout=2)
-                except (OSError, http.client.BadStatusLine):
-                    # Not listening yet. A connect to a port nobody holds may even meet itself (TCP self-connect,
-                    # when the kernel picks that port as the source): the client then reads its own request back.
-                    continue
+                except OSError:
+                    continue  # not listening yet
                 at = time.monotonic() - started
                 answers.append((at, path, code))
                 if code == 200:
@@ -269,7 +267,9 @@ def test_the_agent_killed_and_restarted_rediscovers_the_app_and_answers_livez_th
                       "checks:\n"
                       "  proc: {type: process, interval: 1s, probes: [liveness, readiness, startup]}\n"
                       f"  web: {{type: http, url: '{http_target.url}/healthz', interval: 1s, probes: [readiness]}}\n")
-    port = free_port()
+    # Below the ephemeral range: probed back to back while nothing listens, a port in it could be picked as a
+    # probe's own source port, and the probe would connect to itself and hold the port the agent restarts on.
+    port = free_port_below_ephemeral()
     restarts: list[Restart] = []
     proc: subprocess.Popen[bytes] | None = None
     try:
@@ -572,7 +572,8 @@ def test_thousands_of_check_runs_keep_fds_and_tasks_steady(apps: list[App], tmp_
     app = start_app(apps, tmp_path)
     present = tmp_path / "present"
     present.write_text("x")
-    config = every_kind_of_check(app.marker, http_target.url, accepting, present)
+    # A generous timeout: a run that is slow on two loaded cores is no leak, and a timed-out run fails the test.
+    config = every_kind_of_check(app.marker, http_target.url, accepting, present, every="interval: 20ms, timeout: 10s")
     with run_agent(config) as agent:
         agent.wait_status("/readyz", 200)
         agent.wait_for(lambda: min(runs(agent).values()) >= 20)
