@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from agent.fields import Field
+from agent.fields import Field, with_defaults
 
 __all__ = ["AppView", "Check", "CheckContext", "CheckFailure", "CheckSpec", "CheckTimeout", "CheckType", "ChildReaper",
            "ProcessSample"]
@@ -126,3 +126,8 @@ class CheckType(Generic[P]):
     validate: Callable[[P], str | None] = _valid  # a problem across fields, as a message
     requires: tuple[str, ...] = ()  # modules imported by `create`, checked at config time without importing
     extra: str | None = None  # the pip extra that installs them
+
+    def __post_init__(self) -> None:
+        # A key's default is the params dataclass's (written once there); a plug-in's Field that repeats it is
+        # accepted when the two agree.
+        object.__setattr__(self, "fields", with_defaults(self.fields, self.params, strict=False))

@@ -273,7 +273,7 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
         kubelets = OldestKubelet(lambda: kubelet_versions(api))
     mutate, refusals = webhook.injection(settings, kubelets)
-    logs.setup("info", "json")
+    logs.setup()
     try:
         code = _run_loop(webhook.serve(settings, mutate, refusals, kubelets))
     except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ from agent.fields import (
     object_schema,
     optional,
     parse_mapping,
+    with_defaults,
 )
+from agent.logs import LogFormat, LogLevel
 from agent.probes import NAMES as PROBE_NAMES
 from agent.probes import Probe
 from agent.yamlread import YamlError, read_document
@@ -55,8 +58,8 @@ checks: {}
 
 @dataclass(frozen=True)
 class LogConfig:
-    level: str = "info"
-    format: str = "json"
+    level: LogLevel = LogLevel.INFO
+    format: LogFormat = LogFormat.JSON
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,13 @@ class AppConfig:
     exit_with_app: bool = False
 
 
+class StopScope(enum.StrEnum):
+    """Whom the stop signal (and the final SIGKILL) reaches."""
+
+    GROUP = "group"  # the app's process group (in run mode only when no process of the agent's own container is in it)
+    PROCESS = "process"  # the app alone
+
+
 @dataclass(frozen=True)
 class DrainConnections:
     port: int
@@ -92,7 +102,7 @@ class ShutdownConfig:
     relay_signal: bool = True
     stop_signal: str = "SIGTERM"
     stop_timeout: float = 20.0
-    stop_scope: str = "group"
+    stop_scope: StopScope = StopScope.GROUP
     drain_connections: DrainConnections | None = None
     grace_period: float = 30.0
 
@@ -125,9 +135,6 @@ class Config:
     agent: AgentLimits = AgentLimits()
     secrets: frozenset[str] = frozenset()
 
-    def check(self, name: str) -> CheckSpec[object] | None:
-        return next((c for c in self.checks if c.name == name), None)
-
 
 class CheckTypeName(Kind):
     """The `type` of a check: a name the registry knows, asked when first needed (not at import)."""
@@ -141,9 +148,9 @@ class CheckTypeName(Kind):
         return Enum(checks.type_names()).schema()
 
 
-LOG = Section([Field("level", Enum(["debug", "info", "warning", "error"], ignore_case=True), "info",
-                     "the least severe level logged"),
-               Field("format", Enum(["json", "text"]), "json", "json: one object a line, to stdout; text: for people")],
+LOG = Section([Field("level", Enum(LogLevel, ignore_case=True),
+                     doc="the least severe level logged"),
+               Field("format", Enum(LogFormat), doc="json: one object a line, to stdout; text: for people")],
               LogConfig)
 ADMIN = Section([optional("token_file", Str(), "file holding the bearer token for admin calls"),
                  optional("token_env", Str(), "environment variable holding the bearer token")], AdminConfig)
@@ -158,28 +165,28 @@ MATCH = Section([optional("pidfile", Str(), "file holding the app's pid"),
                 if match.other_containers is False else None)
 APP = Section([optional("match", MATCH, "how to find the app process: exactly one of pidfile, name, cmdline, "
                         "other_containers"),
-               Field("exit_with_app", Bool(), False, "exit when the app exits (Jobs)")], AppConfig)
+               Field("exit_with_app", Bool(), doc="exit when the app exits (Jobs)")], AppConfig)
 DRAIN_CONNECTIONS = Section([Field("port", Number(integer=True, minimum=1, maximum=65535), doc="the app's serving port"),
                              Field("timeout", Duration(positive=True), doc="the longest to wait for its connections")],
                             DrainConnections)
 SHUTDOWN = Section([
-    Field("drain_delay", Duration(), 5.0, "how long readiness fails before the app is signalled"),
-    Field("relay_signal", Bool(), True, "send stop_signal to the app after draining"),
-    Field("stop_signal", SignalName(), "SIGTERM", "the signal relayed to the app"),
-    Field("stop_timeout", Duration(positive=True), 20.0, "how long the app may take to exit before SIGKILL"),
-    Field("stop_scope", Enum(["group", "process"]), "group",
-          "group: the stop signal reaches the app's process group (in run mode only when no process of the agent's own "
+    Field("drain_delay", Duration(), doc="how long readiness fails before the app is signalled"),
+    Field("relay_signal", Bool(), doc="send stop_signal to the app after draining"),
+    Field("stop_signal", SignalName(), doc="the signal relayed to the app"),
+    Field("stop_timeout", Duration(positive=True), doc="how long the app may take to exit before SIGKILL"),
+    Field("stop_scope", Enum(StopScope),
+          doc="group: the stop signal reaches the app's process group (in run mode only when no process of the agent's own "
           "container is in it); process: the app alone. At stop_timeout whatever is left of the app's tree is SIGKILLed "
           "either way"),
     optional("drain_connections", DRAIN_CONNECTIONS,
              "also wait, during the drain, until the app's established connections on port reach zero (idle "
              "keep-alive connections of a client's pool count)"),
-    Field("grace_period", Duration(positive=True), 30.0,
-          "the pod's terminationGracePeriodSeconds: a longer shutdown budget is refused"),
+    Field("grace_period", Duration(positive=True),
+          doc="the pod's terminationGracePeriodSeconds: a longer shutdown budget is refused"),
 ], ShutdownConfig)
 AGENT = Section([
-    Field("max_loop_lag", Duration(positive=True), 2.0, "/agent/livez fails when the event loop lags more than this"),
-    Field("max_concurrent_exec", Number(integer=True, minimum=1, maximum=256), 8, "exec checks running at once"),
+    Field("max_loop_lag", Duration(positive=True), doc="/agent/livez fails when the event loop lags more than this"),
+    Field("max_concurrent_exec", Number(integer=True, minimum=1, maximum=256), doc="exec checks running at once"),
 ], AgentLimits)
 COMMON = (
     Field("type", CheckTypeName(), doc="the check type: a built-in one or a plug-in's"),
@@ -192,15 +199,16 @@ COMMON = (
     Field("success_threshold", Number(integer=True, minimum=1), 1, "passing runs in a row before it passes again"),
     Field("allow_in_liveness", Bool(), False, "permit a dependency check under liveness"),
 )
-TOP = (
-    Field("listen", Address(default_host=ANY_HOST), DEFAULT_LISTEN, "address of the one listener: host:port, "
+# The top level's defaults are Config's: a missing section is its dataclass with no arguments, as `section: {}` is.
+TOP = with_defaults((
+    Field("listen", Address(default_host=ANY_HOST), doc="address of the one listener: host:port, "
           "[IPv6]:port or :port (every address); `[::]` is dual-stack, with 0.0.0.0 where the kernel has no IPv6"),
-    Field("log", LOG, LogConfig()),
-    Field("admin", ADMIN, AdminConfig()),
-    Field("app", APP, AppConfig()),
-    Field("shutdown", SHUTDOWN, ShutdownConfig()),
-    Field("agent", AGENT, AgentLimits()),
-)
+    Field("log", LOG),
+    Field("admin", ADMIN),
+    Field("app", APP),
+    Field("shutdown", SHUTDOWN),
+    Field("agent", AGENT),
+), Config)
 
 
 def _expand(value: Any, path: str, env: Mapping[str, str], problems: Problems,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import reprlib
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -306,7 +307,8 @@ class Enum(Kind):
     def shape(self) -> str:
         return "one of " + ", ".join(f"`{c}`" for c in self.choices)
 
-    def __init__(self, choices: Sequence[str], *, ignore_case: bool = False) -> None:
+    def __init__(self, choices: Iterable[str], *, ignore_case: bool = False) -> None:
+        # An enum.StrEnum class is an iterable of its members: parsing then gives the member itself.
         self.choices, self.ignore_case = tuple(choices), ignore_case
 
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
@@ -316,6 +318,9 @@ class Enum(Kind):
                 if key == (choice.lower() if self.ignore_case else choice):
                     return choice
         raise Invalid(f"expected one of {', '.join(self.choices)}, got {describe(value)}")
+
+    def dump(self, value: Any) -> Any:
+        return str(value)  # a StrEnum member as its plain value (YAML's safe dumper knows only plain str)
 
     def schema(self) -> dict[str, Any]:
         if self.ignore_case:
@@ -453,15 +458,42 @@ class Field:
         return self.default is _MISSING
 
 
+def with_defaults(fields: Sequence[Field], build: Callable[..., Any], *, strict: bool = True) -> tuple[Field, ...]:
+    """`fields` with each default taken from the dataclass `build` they are parsed into, where it is written once.
+
+    A field that writes a default of its own as well is refused (ValueError, at import); with `strict` False (a
+    plug-in's check type, written before this rule) only when the two differ. A field of a section, whose default is
+    the section's own dataclass built with no arguments, needs none written either.
+    """
+    if not (isinstance(build, type) and dataclasses.is_dataclass(build)):
+        return tuple(fields)
+    defaults: dict[str, Any] = {}
+    for attr in dataclasses.fields(build):
+        if attr.default is not dataclasses.MISSING:
+            defaults[attr.name] = attr.default
+        elif attr.default_factory is not dataclasses.MISSING:
+            defaults[attr.name] = attr.default_factory()
+    out = []
+    for f in fields:
+        if f.name in defaults:
+            # (optional() writes None, which says "no default" rather than repeating one)
+            if f.default is not _MISSING and (f.default != defaults[f.name] or (strict and f.default is not None)):
+                raise ValueError(f"the default of {build.__name__}.{f.name} is written twice: on the dataclass "
+                                 f"({defaults[f.name]!r}) and on its Field ({f.default!r}); keep the dataclass's")
+            f = dataclasses.replace(f, default=defaults[f.name])
+        out.append(f)
+    return tuple(out)
+
+
 class Section(Kind):
-    """A mapping with known keys, built into a frozen dataclass by `build`."""
+    """A mapping with known keys, built into a frozen dataclass by `build`; the defaults are the dataclass's."""
 
     def shape(self) -> str:
         return "mapping"
 
     def __init__(self, fields: Sequence[Field], build: Callable[..., Any],
                  *, one_of: Sequence[str] = (), check: Callable[[Any, str, Problems], None] | None = None) -> None:
-        self.fields = tuple(fields)
+        self.fields = with_defaults(fields, build)
         self.build = build
         self.one_of = tuple(one_of)
         self.check = check

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import sys
@@ -12,6 +13,22 @@ from agent.fields import REDACTED
 from agent.units import format_time
 
 MIN_SECRET = 4  # shorter "secrets" would be replaced inside ordinary words, mangling every line
+
+
+class LogLevel(enum.StrEnum):
+    """The least severe level logged (`log.level`)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(enum.StrEnum):
+    """How each line is written (`log.format`)."""
+
+    JSON = "json"  # one object a line
+    TEXT = "text"  # for people
 
 
 class Scrubber:
@@ -37,7 +54,7 @@ class Scrubber:
 class _Formatter(logging.Formatter):
     def __init__(self, fmt: str, scrub: Scrubber) -> None:
         super().__init__()
-        self.json, self.scrub = fmt == "json", scrub
+        self.json, self.scrub = fmt == LogFormat.JSON, scrub
 
     def format(self, record: logging.LogRecord) -> str:
         # Values are scrubbed, not the formatted line, so the line keeps its structure.
@@ -62,7 +79,7 @@ class _Formatter(logging.Formatter):
         return value if isinstance(value, (int, float, bool)) or value is None else self.scrub(str(value))
 
 
-def setup(level: str = "info", fmt: str = "json", scrub: Scrubber | None = None,
+def setup(level: str = LogLevel.INFO, fmt: str = LogFormat.JSON, scrub: Scrubber | None = None,
           stream: IO[str] | None = None) -> Scrubber:
     """Send the agent's logs to `stream` (stdout) in `fmt`; returns the scrubber to add secrets to."""
     scrub = scrub or Scrubber()

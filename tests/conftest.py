@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import socket
 import threading
 import time
@@ -12,6 +13,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.servers import Certs
+
+CLUSTER_TESTS = pathlib.Path(__file__).resolve().parent / "cluster"
+
+
+def pytest_ignore_collect(collection_path: pathlib.Path, config: pytest.Config) -> bool | None:
+    """tests/cluster (a real Kubernetes, built and started) runs only when named: `pytest tests/cluster`, a step of
+    .ci/run of its own after the main suite, so that the README's `pytest` does not run it."""
+    if collection_path != CLUSTER_TESTS:
+        return None
+    named = [pathlib.Path(arg.split("::")[0]).resolve() for arg in config.args]
+    return not any(p == CLUSTER_TESTS or CLUSTER_TESTS in p.parents for p in named)
 
 
 class Target(ThreadingHTTPServer):

@@ -28,6 +28,9 @@ from agent.fields import (  # noqa: E402
 )
 from agent.lint.findings import RULES, Rule  # noqa: E402
 from agent.runtime.metrics import LABEL_VALUES, METRICS, MetricDef  # noqa: E402
+from agent.runtime.shutdown import ShutdownOutcome  # noqa: E402
+from agent.runtime.tasks import TaskKind  # noqa: E402
+from agent.webhook.admission import ReviewResult  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- BEGIN generated: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- END generated: (?P=name) -->)",
                    re.DOTALL)
@@ -102,6 +105,13 @@ def rule_table(rules: Iterable[Rule]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def value_table(heading: str, members: Iterable[Any]) -> str:
+    """One row per member of a fixed set (an enum whose members carry a `description`)."""
+    lines = [f"| {heading} | meaning |", "| --- | --- |"]
+    lines += [f"| `{m.value}` | {_cell(m.description)} |" for m in members]
+    return "\n".join(lines) + "\n"
+
+
 def builtin_types() -> list[str]:
     """The check types that ship with the agent (a plug-in installed here documents itself)."""
     return [name for name in checks.type_names() if name in checks.BUILTIN]
@@ -123,6 +133,9 @@ def blocks(top: Sequence[Field] = TOP, common: Sequence[Field] = COMMON,
             "config-check-types": check_type_tables(types),
         },
         "docs/metrics.md": {"metrics": metric_table(metrics, LABEL_VALUES)},
+        "docs/shutdown.md": {"shutdown-outcomes": value_table("outcome", ShutdownOutcome)},
+        "docs/probes.md": {"task-kinds": value_table("task", TaskKind)},
+        "docs/webhook.md": {"review-results": value_table("result", ReviewResult)},
         "docs/lint.md": {"lint-rules": rule_table(rules)},
     }
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import importlib.metadata
 
 __all__ = ["AppView", "Check", "CheckContext", "CheckFailure", "CheckSpec", "CheckTimeout", "CheckType", "ChildReaper",
-           "PluginError", "ProcessSample", "is_known", "load_type", "missing_requirement", "type_names"]
+           "PluginError", "ProcessSample", "is_known", "load_type", "missing_requirement", "not_installed", "type_names"]
 
 ENTRY_POINT_GROUP = "sidecar_agent.checks"
 DISTRIBUTION = "sidecar-agent"
@@ -108,6 +108,14 @@ def load_type(name: str) -> CheckType[object]:
     if check_type.name != name:
         raise PluginError(f"the check type registered as '{name}' ({target}) calls itself '{check_type.name}'")
     return check_type
+
+
+def not_installed(body: object) -> bool:
+    """Whether a check as written in a config (a mapping with its `type`) needs a client library that is not installed
+    here. inject and lint leave such a check unloaded rather than refuse it: the agent's image has the library."""
+    if not isinstance(body, dict) or body.get("type") not in type_names():
+        return False
+    return missing_requirement(load_type(str(body["type"]))) is not None
 
 
 def missing_requirement(check_type: CheckType[object]) -> str | None:

@@ -172,7 +172,7 @@ class DnsCheck:
         self.qtype = RECORD_TYPES[params.record_type]
         # Resend a UDP query that got no answer a few times within the run's timeout.
         self.retry_after = min(1.0, max(0.1, timeout / 4))
-        self.lookup: asyncio.Task[list[Any]] | None = None  # a getaddrinfo in its thread, maybe from an earlier run
+        self.lookup: asyncio.Future[list[Any]] | None = None  # a getaddrinfo in its thread, maybe from an earlier run
 
     async def run(self) -> str:
         p = self.params
@@ -212,7 +212,8 @@ class DnsCheck:
             # One lookup at a time: a run that timed out leaves its thread resolving, and the next run
             # waits for that one rather than start another (a resolver that hangs must not use up threads).
             loop = asyncio.get_running_loop()
-            self.lookup = asyncio.ensure_future(loop.getaddrinfo(p.name, None, family=family, type=socket.SOCK_STREAM))
+            # A plain future of the lookup's thread (what loop.getaddrinfo runs), not a task of its own.
+            self.lookup = loop.run_in_executor(None, socket.getaddrinfo, p.name, None, family, socket.SOCK_STREAM)
             self.lookup.add_done_callback(_retrieve)
         try:
             infos = await asyncio.shield(self.lookup)
@@ -299,12 +300,12 @@ TYPE = CheckType(
     name="dns",
     fields=(
         Field("name", Str(), doc="the name to resolve"),
-        Field("record_type", Enum(list(RECORD_TYPES), ignore_case=True), "A",
-              "A, AAAA, CNAME, MX, NS, SRV or TXT"),
+        Field("record_type", Enum(list(RECORD_TYPES), ignore_case=True),
+              doc="A, AAAA, CNAME, MX, NS, SRV or TXT"),
         optional("nameserver", Nameserver(),
                  "host:port of a nameserver to ask directly; without it A and AAAA go through the system "
                  "resolver (getaddrinfo) and other types to the first nameserver of /etc/resolv.conf"),
-        Field("require_records", Bool(), True, "fail on an answer with no records of the type"),
+        Field("require_records", Bool(), doc="fail on an answer with no records of the type"),
     ),
     params=Params,
     create=_create,

@@ -96,7 +96,7 @@ def _create(spec: CheckSpec[Params], ctx: CheckContext) -> ExecCheck:
 TYPE = CheckType(
     name="exec",
     fields=(Field("command", ListOf(Str(), nonempty=True), doc="argv of the command; exit 0 passes"),
-            Field("env", StrMap(secret=True), (), "extra environment; values are treated as secrets")),
+            Field("env", StrMap(secret=True), doc="extra environment; values are treated as secrets")),
     params=Params,
     create=_create,
 )

@@ -150,8 +150,8 @@ TYPE = CheckType(
     name="postgres",
     fields=(
         Field("dsn", Dsn(), doc="postgres://user:password@host:5432/db?sslmode=require, or 'host=db dbname=app ...'"),
-        Field("query", Str(), "SELECT 1", "the query to run"),
-        Field("reuse_connection", Bool(), True, "keep one connection and query on it; false connects afresh each run"),
+        Field("query", Str(), doc="the query to run"),
+        Field("reuse_connection", Bool(), doc="keep one connection and query on it; false connects afresh each run"),
     ),
     params=Params,
     create=_create,

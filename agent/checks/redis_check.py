@@ -121,8 +121,8 @@ TYPE = CheckType(
     name="redis",
     fields=(
         Field("url", Url(["redis", "rediss"]), doc="redis://[user:password@]host:port/db, or rediss:// for TLS"),
-        Field("reuse_connection", Bool(), True, "keep one connection and PING it; false connects afresh each run"),
-        Field("tls_verify", Bool(), True, "verify the server's certificate for rediss://"),
+        Field("reuse_connection", Bool(), doc="keep one connection and PING it; false connects afresh each run"),
+        Field("tls_verify", Bool(), doc="verify the server's certificate for rediss://"),
         optional("ca_file", Str(), "a PEM bundle of the CAs to trust for rediss:// (default: the system's roots)"),
     ),
     params=Params,

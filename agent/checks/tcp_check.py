@@ -50,7 +50,9 @@ class TcpCheck:
         again by the next run rather than joined by another, so a hung resolver holds one thread, not one a run."""
         if self._lookup is None:
             loop = asyncio.get_running_loop()
-            self._lookup = asyncio.ensure_future(loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM))
+            # The lookup's thread as a plain future (what loop.getaddrinfo runs), not a task of its own: the check owns
+            # it, awaits it in this run or the next, and cancels it at close.
+            self._lookup = loop.run_in_executor(None, socket.getaddrinfo, self.host, self.port, 0, socket.SOCK_STREAM)
         lookup = self._lookup
         try:
             infos = await asyncio.shield(lookup)

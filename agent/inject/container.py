@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.config import CONFIG_TEXT_ENV
 from agent.inject.settings import LISTEN_PORT
-from agent.lint.rules_probes import AGENT_RESTART_SECONDS
+from agent.kube.facts import AGENT_RESTART_SECONDS, PROBE_DEFAULTS
 from agent.probes import Probe
 
 NAME = "sidecar-agent"
@@ -50,7 +50,8 @@ def readiness() -> dict[str, Any]:
 def startup(check: str, original: Mapping[str, Any]) -> dict[str, Any]:
     """The app container's startup: its own check, allowed as long as the original probe allowed, plus a margin."""
     delay = original.get("initialDelaySeconds") or 0
-    allowed = delay + (original.get("periodSeconds") or 10) * (original.get("failureThreshold") or 3)
+    allowed = delay + (original.get("periodSeconds") or PROBE_DEFAULTS["periodSeconds"]) * (
+        original.get("failureThreshold") or PROBE_DEFAULTS["failureThreshold"])
     return {"httpGet": _get(f"/{Probe.STARTUP.path}/{check}"), "periodSeconds": KUBELET_PERIOD, "timeoutSeconds": 1,
             "failureThreshold": math.ceil((allowed + STARTUP_MARGIN_SECONDS) / KUBELET_PERIOD)}
 

@@ -18,10 +18,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent.config import ShutdownConfig
 from agent.inject.settings import LISTEN_PORT
-from agent.lint.commands import SHELLS, sleeps_first
+from agent.kube import versions
+from agent.kube.facts import SHELLS
+from agent.lint.commands import sleeps_first
 
-DRAIN_SECONDS = 5  # the config's default drain_delay: readiness (2 s) seen failing, plus the endpoints' lag
+# The config's default drain_delay: readiness (2 s) seen failing, plus the endpoints' lag.
+DRAIN_SECONDS = int(ShutdownConfig().drain_delay)
 WAIT_PATH = "/prestop/wait"
 
 
@@ -37,7 +41,7 @@ def app_pre_stop(version: tuple[int, int], checks: Sequence[str] = ()) -> dict[s
     names the container's own checks (its probes ask /livez/NAME, /startupz/NAME), so that the agent answers such a
     hook at once rather than hold the restart (a `sleep` cannot tell, and holds it for the drain).
     """
-    if version >= (1, 30):
+    if version >= versions.SLEEP_ACTION:
         return {"sleep": {"seconds": DRAIN_SECONDS}}
     query = "&".join(f"check={name}" for name in checks)  # check names are letters, digits, '.', '_', '-'
     return {"httpGet": {"path": WAIT_PATH + (f"?{query}" if query else ""), "port": LISTEN_PORT}}

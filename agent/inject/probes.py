@@ -10,12 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agent.kube.facts import PROBE_DEFAULTS
 from agent.lint.commands import is_local, simple_commands
 
 KINDS = {"livenessProbe": "liveness", "readinessProbe": "readiness", "startupProbe": "startup"}
-# The kubelet's defaults for a probe field that is absent.
-DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1,
-            "failureThreshold": 3}
 GRPC_HEALTH_PROBE = "grpc_health_probe"
 # grpc_health_probe flags that change nothing the agent's grpc check does differently (timeouts come from the probe).
 GRPC_IGNORED_FLAGS = {"connect-timeout", "rpc-timeout", "user-agent", "v", "gzip", "alsologtostderr"}
@@ -40,7 +38,7 @@ class Kept:
 
 def timing(probe: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """The probe's own timing in the config's words: periodSeconds -> interval, and so on."""
-    value = {k: probe.get(k) or v for k, v in DEFAULTS.items()}  # 0 is defaulted as the API server does
+    value = {k: probe.get(k) or v for k, v in PROBE_DEFAULTS.items()}  # 0 is defaulted as the API server does
     body: dict[str, Any] = {"probes": [kind], "interval": f"{value['periodSeconds']}s",
                             "timeout": f"{value['timeoutSeconds']}s"}
     if value["initialDelaySeconds"]:
@@ -67,7 +65,7 @@ def resolve_port(container: Mapping[str, Any], port: Any) -> int | None:
 def convert(container: Mapping[str, Any], key: str, probe: Mapping[str, Any]) -> Converted | Kept:
     """The check that does what the kubelet's probe `key` of `container` did, or why it cannot."""
     kind = KINDS[key]
-    bad = [k for k in DEFAULTS if probe.get(k) is not None and (isinstance(probe[k], bool) or not isinstance(probe[k], int)
+    bad = [k for k in PROBE_DEFAULTS if probe.get(k) is not None and (isinstance(probe[k], bool) or not isinstance(probe[k], int)
                                                                 or probe[k] < 0)]
     if bad:
         return Kept(f"its {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a whole number of seconds or times")

@@ -3,7 +3,7 @@ annotation, validated as a config file is (agent.config.load_tree), and the app 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -94,14 +94,21 @@ def validate(config: Mapping[str, Any], generated: Mapping[str, Any], extra: Map
         return
     own = _load({**config, "checks": dict(generated)}, {}).secrets
     for secret in loaded.secrets - own:
-        rest = secret
-        for value in env.values():
-            rest = rest.replace(value, "")
-        if rest.strip():
+        if _literal(secret, env.values()):
             where = next((n for n, b in extra.items() if secret in _text(b)), None)
             path = f"{WHERE}.checks.{where}" if where else WHERE
             raise InjectError(f"{path}: a secret is written in plain text; write it as ${{VAR}} naming an env entry "
                               "of the app container (a secretKeyRef is copied to the agent)", ANNOTATION_PATH)
+
+
+def _literal(secret: str, placeholders: Iterable[str]) -> bool:
+    """Whether a secret holds text of its own beside the ${VAR} placeholders. A header's scheme word is none: the
+    config records `Authorization: Bearer ${TOKEN}` both whole and as its credential words (fields.py)."""
+    rest = secret
+    for value in placeholders:
+        rest = rest.replace(value, "")
+    words = secret.split()
+    return bool(rest.strip()) and not (len(words) >= 2 and rest.split() == words[:1])
 
 
 def _from_variable(config: Mapping[str, Any], path: str) -> bool:
@@ -118,15 +125,8 @@ def _load(config: Mapping[str, Any], env: Mapping[str, str]) -> Config:
     # The tree itself, not its YAML text: the safe dumper and reader give back the same plain values, and reading
     # the text again was half of an admission review's time.
     body = dict(config)
-    body["checks"] = {n: b for n, b in dict(body.get("checks") or {}).items() if not _not_installed(b)}
+    body["checks"] = {n: b for n, b in dict(body.get("checks") or {}).items() if not checks.not_installed(b)}
     return load_tree(body, env)
-
-
-def _not_installed(body: object) -> bool:
-    """A check whose client library is not installed here (the agent's image has it): not loaded, not refused."""
-    if not isinstance(body, dict) or body.get("type") not in checks.type_names():
-        return False
-    return checks.missing_requirement(checks.load_type(str(body["type"]))) is not None
 
 
 def copied_env(names: Sequence[str], containers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -17,15 +17,14 @@ from agent.inject import hooks, probes, settings
 from agent.inject.api import InjectError, Options, Outcome
 from agent.inject.edits import Editor, Path, plain, undo, walk
 from agent.kube import kubelet_env, versions
+from agent.kube.facts import DEFAULT_GRACE_PERIOD, GRACE_MARGIN_SECONDS
 from agent.kube.qos import QosClass, QuantityError, pod_level, qos_class
-from agent.lint.rules_shutdown import GRACE_MARGIN_SECONDS
 from agent.units import format_address
 
 STATUS = "sidecar-agent.io/status"
 OPT_OUT = "sidecar-agent.io/inject"
 STATUS_WHERE = f'metadata.annotations["{STATUS}"]'
 JOBS = ("Job", "CronJob")
-DEFAULT_GRACE = 30
 CHECK_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -73,7 +72,8 @@ def _skip_reason(template: Mapping[str, Any]) -> str | None:
 def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> Outcome:
     """Add the agent to a pod template ({"metadata", "spec"}); see agent.inject for the contract."""
     version = options.kubernetes_version
-    native, job = versions.mode(version).native, kind in JOBS
+    mode, job = versions.mode(version), kind in JOBS
+    native = mode.native
     result = plain(template)
     reason = _skip_reason(result)
     if reason:
@@ -138,7 +138,7 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
         edit.set(("metadata", "annotations"), {})
     status = {"version": __version__, "kubernetes": f"{version[0]}.{version[1]}",
               "kubernetes_from": options.kubernetes_source.value,
-              "sidecar": "native" if native else "regular", "checks": list(checks), "kept": kept, "edits": edit.record}
+              "sidecar": mode.sidecar, "checks": list(checks), "kept": kept, "edits": edit.record}
     result["metadata"]["annotations"][STATUS] = json.dumps(status, separators=(",", ":"))
     return Outcome(result, True, notes)
 
@@ -197,7 +197,7 @@ def _pre_stops(spec: Mapping[str, Any], version: tuple[int, int]) -> list[tuple[
 def _grace_period(edit: Editor, spec: Mapping[str, Any], drain: int, notes: list[str]) -> int:
     """terminationGracePeriodSeconds, raised to cover the drain and lint's margin when shorter, never lowered."""
     grace = spec.get("terminationGracePeriodSeconds")
-    current = grace if isinstance(grace, int) and not isinstance(grace, bool) else DEFAULT_GRACE
+    current = grace if isinstance(grace, int) and not isinstance(grace, bool) else DEFAULT_GRACE_PERIOD
     need = int(drain + GRACE_MARGIN_SECONDS)
     if current >= need:
         return current

@@ -42,6 +42,11 @@ class Mode(enum.Enum):
     def native(self) -> bool:
         return self is not Mode.REGULAR
 
+    @property
+    def sidecar(self) -> str:
+        """The `sidecar` of an injected pod's status annotation: native or regular."""
+        return "native" if self.native else "regular"
+
 
 def mode(version: Version) -> Mode:
     """The injection mode that works on a kubelet of this version."""

@@ -146,7 +146,7 @@ def load_permissive(text: str, env: Mapping[str, str | None], *, app_is_child: b
     values = _Env({**known, **dict.fromkeys(guessed, PLACEHOLDER)})
     found = tree.get("checks") if isinstance(tree, dict) else None
     raw_checks: dict[str, object] = found if isinstance(found, dict) else {}
-    left_out = {name for name, body in raw_checks.items() if _not_installed(body)}
+    left_out = {name for name, body in raw_checks.items() if checks.not_installed(body)}
     tainted: set[str] = set()
     for _ in range(2):  # at most once more, without the checks that only a placeholder broke
         keep = {k: v for k, v in raw_checks.items() if k not in left_out | tainted}
@@ -166,13 +166,6 @@ def load_permissive(text: str, env: Mapping[str, str | None], *, app_is_child: b
             continue
         return AgentConfig(config, origin, unchecked=tuple(sorted(left_out | tainted)))
     return AgentConfig(None, origin, missing="it depends on environment values that are not in the manifests")
-
-
-def _not_installed(body: object) -> bool:
-    """A check whose type needs a client library that is not installed here."""
-    if not isinstance(body, dict) or body.get("type") not in checks.type_names():
-        return False
-    return checks.missing_requirement(checks.load_type(str(body["type"]))) is not None
 
 
 def _join(path: str, message: str) -> str:

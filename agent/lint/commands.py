@@ -8,10 +8,10 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent.kube.facts import LAUNCHERS, SHELLS
 from agent.probes import Probe
 from agent.units import is_loopback_host
 
-SHELLS = frozenset({"sh", "bash", "ash", "dash", "zsh", "ksh"})
 WRAPPERS = frozenset({"env", "exec", "nice", "nohup", "command", "timeout", "time"})
 PYTHON = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|sidecar-agent)$")
 URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?:[^@/\s]*@)?(?P<host>\[[^\]]*\]|[^:/\s?#]+)(?::(?P<port>\d+))?"
@@ -76,9 +76,6 @@ def program(command: Sequence[str]) -> tuple[str, list[str]]:
         else:
             return head, words[1:]
     return "", []
-
-
-LAUNCHERS = frozenset({"npm", "yarn"})
 
 
 def wrapper(argv: Sequence[str]) -> str | None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
-ERROR, WARNING, INFO = "error", "warning", "info"
-SEVERITIES = (ERROR, WARNING, INFO)
+
+class Severity(enum.StrEnum):
+    """A rule's level: an error makes `lint` exit 1."""
+
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+ERROR, WARNING, INFO = Severity.ERROR, Severity.WARNING, Severity.INFO
 
 
 @dataclass(frozen=True)
@@ -14,7 +23,7 @@ class Rule:
     """A lint rule: its id, its level, and what goes wrong (one line; docs/lint.md lists it)."""
 
     id: str
-    severity: str
+    severity: Severity
     summary: str
 
 
@@ -52,7 +61,8 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "the preStop hook does not order the app's SIGTERM after the drain: it calls neither `/prestop` on the agent's "
          "port, nor `/prestop/wait` with something that starts the agent's stop at once (its own SIGTERM as a regular "
          "container, or its own preStop `sidecar-agent stop` as a native sidecar), nor, when the agent relays no signal, "
-         "sleeps at least the drain (another port, path or host, or a shorter sleep)"),
+         "sleeps at least the drain (another port, path or host, or a shorter sleep). Not for Jobs and CronJobs, which have "
+         "no Service to drain: their own hooks stay as they are"),
     Rule("prestop-no-token", ERROR,
          "a preStop `httpGet` to `/prestop` comes from the node, so the agent refuses it unless its config sets "
          "`admin.token_file` or `admin.token_env` (403) and the hook sends `Authorization: Bearer ...` (401); `$(VAR)` is "
@@ -105,7 +115,7 @@ class Finding:
     namespace: str | None = None
 
     @property
-    def severity(self) -> str:
+    def severity(self) -> Severity:
         return RULES[self.rule].severity
 
     def sort_key(self) -> tuple[str, int, str, str, str]:

@@ -11,16 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from agent.kube.facts import DEFAULT_GRACE_PERIOD, PROBE_DEFAULTS
 from agent.lint.findings import InputError
 from agent.lint.source import Document, line_of
 from agent.probes import NAMES as PROBE_NAMES
 
-# The kubelet's defaults for a probe field that is absent (or 0, which the API server defaults the same way).
-PROBE_DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1,
-                  "failureThreshold": 3}
 PROBE_HANDLERS = ("httpGet", "tcpSocket", "exec", "grpc")
 HOOK_HANDLERS = ("httpGet", "tcpSocket", "exec", "sleep")
-DEFAULT_GRACE_PERIOD = 30
 # Where each workload kind keeps its pod template.
 POD_PATHS = {
     "Pod": ("spec",),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agent.lint.findings import ERROR, INFO, WARNING
+from agent.lint.findings import ERROR, INFO, WARNING, Severity
 from agent.lint.runner import Result
 
 
@@ -14,7 +14,7 @@ def _count(n: int, word: str) -> str:
 
 def summary(result: Result) -> dict[str, int]:
     """Counts by severity, and what was read."""
-    by = {s: sum(1 for f in result.findings if f.severity == s) for s in (ERROR, WARNING, INFO)}
+    by = {s: sum(1 for f in result.findings if f.severity == s) for s in Severity}
     return {"errors": by[ERROR], "warnings": by[WARNING], "infos": by[INFO], "objects": result.objects,
             "files": len(result.files)}
 

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from agent.kube.facts import AGENT_RESTART_SECONDS
 from agent.lint.commands import starts_python, targets
 from agent.lint.context import AGENT_ENDPOINTS, NETWORK, Context, endpoint
 from agent.lint.findings import Finding
@@ -14,16 +15,6 @@ from agent.probes import PATHS, Probe, named
 
 # A liveness initialDelaySeconds this long is standing in for a startup probe (the slow-start case).
 LONG_INITIAL_DELAY = 30
-# How long the app's probes find no agent when the agent's container crashes. The kubelet restarts a crashed
-# container after a back-off that starts at 10 s and doubles up to 5 min (reset after 10 min of running; KEP-4603
-# describes today's curve as "a 2x exponential decay starting at 10s and capping at 5 minutes"). The very first
-# crash may be restarted at once, but a second one within 10 minutes waits 10 s, so plan for that: 10 s of
-# back-off, about 1 s for the kubelet to notice the exit (its PLEG relists every second), and 0.5 s for the agent
-# to answer its first probe (measured: 0.3-0.5 s).
-KUBELET_BACKOFF_SECONDS = 10.0
-KUBELET_NOTICE_SECONDS = 1.0
-AGENT_START_SECONDS = 0.5
-AGENT_RESTART_SECONDS = KUBELET_BACKOFF_SECONDS + KUBELET_NOTICE_SECONDS + AGENT_START_SECONDS
 PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 
 

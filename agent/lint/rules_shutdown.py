@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
+from agent.config import ShutdownConfig, StopScope
+from agent.kube.facts import GRACE_MARGIN_SECONDS
 from agent.lint.commands import sleeps_first, targets, wrapper
 from agent.lint.context import NETWORK, Context, endpoint
 from agent.lint.findings import Finding
@@ -13,9 +15,6 @@ from agent.lint.model import Container, Handler
 from agent.lint.model import Probe as ProbeSpec
 from agent.probes import HOOK_WINDOW, Probe
 
-# Time the sequence needs beyond its budget: the hook's round trip, signal delivery, processes exiting and the
-# agent flushing and closing. The default config (5 s drain + 20 s stop) fits the default 30 s grace period with it.
-GRACE_MARGIN_SECONDS = 5.0
 NO_ROLLOUT = ("Job", "CronJob")
 
 
@@ -40,7 +39,7 @@ def prestop_missing(ctx: Context) -> Iterator[Finding]:
 def _drain(ctx: Context) -> float:
     """The agent's drain budget, or its default when the config could not be read."""
     config = ctx.agent.config if ctx.agent is not None else None
-    return config.shutdown.drain_budget if config is not None else 5.0
+    return (config.shutdown if config is not None else ShutdownConfig()).drain_budget
 
 
 def _agent_hears_at_once(ctx: Context) -> bool:
@@ -102,8 +101,12 @@ def _calls_prestop(ctx: Context, c: Container, h: Handler) -> str | None:
 
 
 def prestop_wrong_target(ctx: Context) -> Iterator[Finding]:
-    """A preStop hook that does not reach /prestop on the agent's port."""
-    if ctx.agent is None or ctx.agent.mode != "run":
+    """A preStop hook that does not reach /prestop on the agent's port.
+
+    Not in Jobs and CronJobs: their pods are no Service's endpoints and are not rolled out, so there is no drain for
+    the app's SIGTERM to wait for, and the user's own hook (an httpGet to the app's port, a short sleep) does what it
+    did without the agent; inject keeps it as it is and sets a drain of 0 s."""
+    if ctx.agent is None or ctx.agent.mode != "run" or ctx.workload.kind in NO_ROLLOUT:
         return
     for c in ctx.apps:
         if c.pre_stop is None or c is ctx.agent.container:
@@ -272,7 +275,7 @@ def app_behind_shell(ctx: Context) -> Iterator[Finding]:
         words = [*agent.container.command, *agent.container.args]
         argv = words[words.index("--") + 1:] if "--" in words else []
         how = wrapper(argv)
-        if how and shutdown.stop_scope == "process":
+        if how and shutdown.stop_scope is StopScope.PROCESS:
             yield ctx.finding("app-behind-shell", agent.container, None,
                               f"{how}, and stop_scope: process sends {shutdown.stop_signal} to it alone: the app never "
                               f"gets it and is SIGKILLed after stop_timeout {shutdown.stop_timeout:g}s, its requests in "
@@ -287,7 +290,7 @@ def app_behind_shell(ctx: Context) -> Iterator[Finding]:
         if how is None:
             continue
         reach = ("the agent reaches the app only through its process group (stop_scope: group), and"
-                 if shutdown.stop_scope == "group" else
+                 if shutdown.stop_scope is StopScope.GROUP else
                  f"with stop_scope: process the agent's {shutdown.stop_signal} reaches only that wrapper, and")
         yield ctx.finding("app-behind-shell", c, None,
                           f"{how}: the wrapper is the container's PID 1, so {reach} the kubelet's own SIGTERM (when the "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from agent.config import AppMatch
+from agent.config import AppMatch, StopScope
 from agent.logs import event
 from agent.process.tree import (
     Member,
@@ -107,7 +107,7 @@ class AppMonitor:
         sample = self.sample
         return None if sample is None else Member(sample.pid, sample.name, sample.create_time)
 
-    def send(self, signum: int, scope: str) -> str:
+    def send(self, signum: int, scope: StopScope) -> str:
         """Signal the app last seen (and with scope `group` its process group, when that group is the app's own
         container's alone) after recording its tree; says whom the signal reached.
 
@@ -126,7 +126,7 @@ class AppMonitor:
         if not snapshot or snapshot[0] != target:
             raise ProcessLookupError(f"pid {pid} has exited")
         target = snapshot[0]
-        group, note = self._group_to_signal(target, snapshot) if scope == "group" else (None, None)
+        group, note = self._group_to_signal(target, snapshot) if scope is StopScope.GROUP else (None, None)
         self._snapshot, self._signalled, self._group = snapshot, target, group
         if group is not None and signal_group(group, signum, snapshot):
             return f"the app ({target}) and its process group {group} ({len(snapshot)} processes)"
@@ -152,11 +152,11 @@ class AppMonitor:
         snapshot.extend(m for m in members if m not in snapshot)
         return pgid, None
 
-    def kill(self, scope: str) -> list[Member]:
+    def kill(self, scope: StopScope) -> list[Member]:
         """SIGKILL every process recorded with the stop signal that still runs (and the group, if it was signalled):
         whatever the scope, nothing of the app is left running after stop_timeout."""
         members = still_running(self._snapshot or ([self.target] if self.target else []))
-        return kill_all(members, self._group if scope == "group" else None)
+        return kill_all(members, self._group if scope is StopScope.GROUP else None)
 
     def leftovers(self) -> list[Member]:
         """In run mode the agent did not start the app: what it leaves behind is the kubelet's to end."""

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import psutil
 
+from agent.config import StopScope
 from agent.process.reaper import Reaper, exit_code
 from agent.process.tree import Member, kill_all, leftover_message, member, signal_group, signal_member, tree_of
 from agent.runtime.threads import run_internal
@@ -117,22 +118,22 @@ class AppSupervisor:
             self.root = found[self.root.pid]  # the same process under the name it has now (a script that exec'd)
         return sorted(found.values(), key=lambda m: (m.started, m.pid))
 
-    def send(self, signum: int, scope: str) -> str:
+    def send(self, signum: int, scope: StopScope) -> str:
         """The stop signal: to the app's process group (scope group) or to the child alone; says whom it reached.
 
         Raises ProcessLookupError when nothing of the app runs any more.
         """
         members = self.tree()
-        if scope == "group" and signal_group(self.pid, signum, members):
+        if scope is StopScope.GROUP and signal_group(self.pid, signum, members):
             return f"the app's process group {self.pid} ({len(members)} processes)"
         if self.root is not None and self.child_running and signal_member(self.root, signum):
             return f"the app ({self.root})"
         raise ProcessLookupError("the app has exited")
 
-    def kill(self, scope: str) -> list[Member]:
+    def kill(self, scope: StopScope) -> list[Member]:
         """SIGKILL what is left of the tree, whatever the scope: the agent never exits while part of the app it
         started runs."""
-        return kill_all(self.tree(), self.pid if scope == "group" else None)
+        return kill_all(self.tree(), self.pid if scope is StopScope.GROUP else None)
 
     def leftovers(self) -> list[Member]:
         """Processes of the tree still running once the child has exited."""

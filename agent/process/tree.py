@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import psutil
 
-# Shells and launchers that run the app as a child and do not pass a stop signal on to it.
-LAUNCHERS = frozenset({"sh", "bash", "dash", "ash", "busybox", "npm", "yarn"})
-NODE_LAUNCHERS = frozenset({"npm", "npm-cli.js", "yarn", "yarn.js", "yarn.cjs"})
+from agent.kube.facts import LAUNCHERS, NODE_LAUNCHER_SCRIPTS, SHELLS
+
+# What runs the app as a child and does not pass a stop signal on to it: shells and launchers.
+WRAPPERS = SHELLS | LAUNCHERS
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,9 @@ def is_launcher(process: psutil.Process) -> bool:
         name, argv = process.name(), process.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    if name in LAUNCHERS or (argv and os.path.basename(argv[0]) in LAUNCHERS):
+    if name in WRAPPERS or (argv and os.path.basename(argv[0]) in WRAPPERS):
         return True
-    return name == "node" and len(argv) > 1 and os.path.basename(argv[1]) in NODE_LAUNCHERS
+    return name == "node" and len(argv) > 1 and os.path.basename(argv[1]) in NODE_LAUNCHER_SCRIPTS
 
 
 def still_running(members: Iterable[Member]) -> list[Member]:
@@ -186,6 +187,6 @@ def leftover_message(target: Member | None, left: list[Member]) -> str:
     """Say which processes still run, naming the target's own exit when it is not among them."""
     runs = "still run" if len(left) > 1 else "still runs"
     if target is not None and target not in left:
-        role = "shell" if target.name in LAUNCHERS else "process"
+        role = "shell" if target.name in WRAPPERS else "process"
         return f"the app's {role} {target} exited but {describe(left)} {runs}"
     return f"{describe(left)} {runs}"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from agent.checks import CheckContext
-from agent.config import Config, ShutdownConfig
+from agent.config import Config, ShutdownConfig, StopScope
 from agent.logs import Scrubber, event
 from agent.process.monitor import AppMonitor, AppSample
 from agent.process.reaper import Reaper, become_subreaper
@@ -24,8 +24,9 @@ from agent.runtime.health import Health
 from agent.runtime.metrics import Metrics
 from agent.runtime.phases import Phase
 from agent.runtime.server import ProbeServer
-from agent.runtime.shutdown import Shutdown
+from agent.runtime.shutdown import Shutdown, ShutdownOutcome
 from agent.runtime.status import iso, status_document
+from agent.runtime.tasks import TaskKind, Tasks
 from agent.runtime.threads import install_default_executor, run_internal
 from agent.runtime.watchdog import Watchdog
 
@@ -49,6 +50,9 @@ def open_fds() -> int:
 
 APP_WATCH_INTERVAL = 1.0
 APP_WATCH_EXIT_INTERVAL = 0.25  # with exit_with_app, notice the app's exit quickly
+# Tasks that are not restarted: once one has failed, /agent/livez fails (the kubelet restarts the agent) and the agent
+# exits 1. A poller is restarted, a reload or a request is answered as failed; the sequence ends with outcome error.
+VITAL = (TaskKind.APP_WATCHER, TaskKind.WATCHDOG)
 
 
 class Agent:
@@ -65,15 +69,18 @@ class Agent:
         self.app = AppMonitor(config.app.match, clock=clock, on_restart=self._log_restart) if watch_app else None
         self.heartbeats: dict[str, float] = {}
         self.metrics = Metrics(self.health, lambda: self.app, clock)
+        self.tasks = Tasks(self.metrics.count_task_failure)
         self.exec_slots = asyncio.Semaphore(config.agent.max_concurrent_exec)
         context = CheckContext(self.app, self.heartbeats, clock, self.reaper, self.exec_slots)
-        self.engine = Engine(self.health, self.metrics, context, scrub, clock)
-        self.watchdog = Watchdog(self.metrics.loop_lag, clock)
+        self.engine = Engine(self.health, self.metrics, context, scrub, clock, self.tasks)
+        self.watchdog = Watchdog(self.metrics.loop_lag, clock,
+                                 on_failure=lambda exc: self.tasks.failed(TaskKind.WATCHDOG, "watchdog", exc))
         self.engine.on_result(self._maybe_running)
         self.shutdown = Shutdown(self.health, self._shutdown_config(config), self.child or self.app,
-                                 on_outcome=self.metrics.count_shutdown, clock=clock)
+                                 on_outcome=self.metrics.count_shutdown, clock=clock, tasks=self.tasks)
         self.server = ProbeServer(self.health, self.metrics, status=self.status, agent_live=self.agent_problems,
-                                  heartbeats=self.heartbeats, controls=self, token=config.admin.token, clock=clock)
+                                  heartbeats=self.heartbeats, controls=self, token=config.admin.token, clock=clock,
+                                  tasks=self.tasks)
         # A native sidecar's own preStop asks the agent to serve on after the sequence until its SIGTERM, which the
         # kubelet sends once the app containers have exited (the sidecar's turn): it must not exit while they run.
         self.until_sigterm = False
@@ -130,6 +137,8 @@ class Agent:
     def agent_problems(self) -> list[str]:
         """Why the agent itself is unhealthy: a lagging event loop, a dead or crash-looping poller."""
         problems = [f"the poller of check {name} has stopped or keeps dying" for name in self.engine.dead_pollers()]
+        problems += [f"the {kind.value} task failed (see the log); restart the agent" for kind in VITAL
+                     if kind in self.tasks.failed_kinds]
         if self.watchdog.lag > self.config.agent.max_loop_lag:
             problems.append(f"the event loop lags {self.watchdog.lag:.2f}s, over max_loop_lag "
                             f"{self.config.agent.max_loop_lag:g}s")
@@ -158,13 +167,22 @@ class Agent:
 
     def request_reload(self, source: str) -> asyncio.Task[tuple[bool, str]]:
         """Start a reload in an owned task (SIGHUP's handler must not wait)."""
-        task = asyncio.create_task(self.reload(source), name="reload")
+        task = self.tasks.start(self._locked_reload(source), TaskKind.RELOAD)
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
         return task
 
     async def reload(self, source: str) -> tuple[bool, str]:
-        """Re-read the config: apply it whole, or refuse it whole and keep the old one. (ok, what happened)."""
+        """Re-read the config: apply it whole, or refuse it whole and keep the old one. (ok, what happened).
+
+        It runs in an owned task, shielded: a caller that goes away (an HTTP client) does not cut it in half.
+        """
+        try:
+            return await asyncio.shield(self.request_reload(source))
+        except Exception as exc:  # noqa: BLE001 - logged and counted by the task's guard; answered as a failure
+            return False, f"the reload failed with an internal error ({type(exc).__name__}); see the agent's log"
+
+    async def _locked_reload(self, source: str) -> tuple[bool, str]:
         async with self._reload_lock:
             return await self._reload(source)
 
@@ -252,38 +270,41 @@ class Agent:
             self.child.exited.add_done_callback(lambda _: self._app_exited())
         self.engine.start()
         if self.app is not None:
-            self._watcher = asyncio.create_task(self._watch_app(), name="app-watcher")
+            self._watcher = self.tasks.start(self._watch_app(), TaskKind.APP_WATCHER, "app-watcher")
 
     async def stop(self) -> None:
         """1. finish the shutdown task and any reload, 2. stop the pollers, 3. stop watching the app,
-        4. close the listener, 5. stop the watchdog, 6. make sure the child (exec mode) is gone and reaped."""
+        4. close the listener, 5. stop the watchdog, 6. make sure the child (exec mode) is gone and reaped,
+        7. cancel and await any task still running."""
         await self.shutdown.close()
         for task in list(self._reloads):
-            task.cancel()
-        await asyncio.gather(*self._reloads, return_exceptions=True)
+            await self.tasks.cancel(task)
         if self.health.lifecycle.phase is not Phase.STOPPED:
             self.health.lifecycle.transition(Phase.STOPPED, "agent stopping")
         await self.engine.close()
         if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+            await self.tasks.cancel(self._watcher)
         await self.server.close()
-        await self.watchdog.close()
+        self.watchdog.close()
         if self.child is not None and self.child.pid:
             # Whatever the sequence left (it was cancelled, or the SIGKILL came late): the agent never exits
             # while part of the app it started still runs.
-            killed = await run_internal(self.child.kill, "group")
+            killed = await run_internal(self.child.kill, StopScope.GROUP)
             if killed:
                 event(log, logging.WARNING, f"sent SIGKILL to {describe(killed)} before exiting",
                       killed=[m.pid for m in killed])
             await self.child.wait_exit(5.0)
+        await self.tasks.close()
         self.reaper.uninstall()
 
     @property
     def exit_code(self) -> int:
-        """0 in run mode; the app's own code (128+N for signal N) in exec mode."""
+        """1 when the shutdown sequence failed, or (run mode) a vital task did; else 0 in run mode, and the app's own
+        code (128+N for signal N) in exec mode."""
+        if self.shutdown.report.outcome is ShutdownOutcome.ERROR:
+            return 1
         if self.child is None:
-            return 0
+            return 1 if self.tasks.failed_kinds & set(VITAL) else 0
         code = self.child.exit_code
         return 1 if code is None else code
 

@@ -14,6 +14,7 @@ from agent.config import CheckSpec
 from agent.logs import Scrubber, event
 from agent.runtime.health import Health, Outcome, Result
 from agent.runtime.metrics import Metrics
+from agent.runtime.tasks import TaskKind, Tasks
 from agent.units import format_duration, one_line
 
 log = logging.getLogger("agent.engine")
@@ -27,8 +28,9 @@ class Engine:
     """Owns one poller task per check: starts them, restarts one that dies, swaps them on reload, closes them."""
 
     def __init__(self, health: Health, metrics: Metrics, ctx: CheckContext, scrub: Scrubber,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, tasks: Tasks | None = None) -> None:
         self.health, self.metrics, self.ctx, self.scrub, self.clock = health, metrics, ctx, scrub, clock
+        self.tasks = tasks or Tasks(metrics.count_task_failure)
         self.specs: dict[str, CheckSpec[object]] = {s.name: s for s in health.specs}
         self.checks: dict[str, Check] = {s.name: load_type(s.type).create(s, ctx) for s in health.specs}
         self.pollers: dict[str, asyncio.Task[None]] = {}
@@ -105,19 +107,20 @@ class Engine:
             event(log, logging.WARNING, f"closing a check failed: {type(exc).__name__}")
 
     def _spawn(self, spec: CheckSpec[object], resume_at: float | None = None) -> None:
-        task = asyncio.create_task(self._poll(spec, resume_at), name=f"check:{spec.name}")
+        task = self.tasks.start(self._poll(spec, resume_at), TaskKind.POLLER, f"check:{spec.name}")
         self.pollers[spec.name] = task
         task.add_done_callback(lambda done: self._poller_ended(spec, done))
 
     def _poller_ended(self, spec: CheckSpec[object], task: asyncio.Task[None]) -> None:
-        """A poller only ends by cancellation; anything else is a bug, so restart it (and count it)."""
+        """A poller only ends by cancellation; anything else is a bug (logged with its traceback by the task's guard),
+        so restart it and count it."""
         if task.cancelled() or self._closed or self.pollers.get(spec.name) is not task:
             return
         exc = task.exception()
         self.deaths.setdefault(spec.name, []).append(self.clock())
         self.deaths[spec.name] = [t for t in self.deaths[spec.name] if self.clock() - t < DEATH_WINDOW]
         self.metrics.poller_restarts.labels(spec.name).inc()
-        event(log, logging.ERROR, f"the poller of check {spec.name} died ({type(exc).__name__}: {exc}); "
+        event(log, logging.WARNING, f"the poller of check {spec.name} died ({type(exc).__name__}); "
               f"restarting it in {format_duration(RESTART_DELAY)}", check=spec.name)
 
         def restart() -> None:

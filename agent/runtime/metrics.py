@@ -16,8 +16,9 @@ from agent.probes import Probe
 from agent.process.monitor import AppMonitor
 from agent.runtime.health import Health, Outcome, Result
 from agent.runtime.phases import Phase
+from agent.runtime.shutdown import ShutdownOutcome
+from agent.runtime.tasks import TaskKind
 
-SHUTDOWN_OUTCOMES = ("exited", "killed", "gone", "denied", "no_app", "not_relayed")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -48,21 +49,23 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in (
     MetricDef("sidecar_app_cpu_seconds_total", "counter", "User and system CPU time of the app process."),
     MetricDef("sidecar_app_threads", "gauge", "Threads of the app process."),
     MetricDef("sidecar_app_open_fds", "gauge", "Open file descriptors of the app process."),
-    MetricDef("sidecar_shutdown_outcome_total", "counter", "How shutdown sequences ended: exited (after the stop "
-              "signal), killed (SIGKILL at stop_timeout), gone, denied (no permission to signal), no_app, not_relayed.",
-              ("outcome",)),
+    MetricDef("sidecar_shutdown_outcome_total", "counter", "How shutdown sequences ended (each outcome is explained "
+              "in docs/shutdown.md).", ("outcome",)),
     MetricDef("sidecar_poller_restarts_total", "counter", "Check pollers that died and were restarted.", ("check",)),
     MetricDef("sidecar_event_loop_lag_seconds", "gauge", "How late the agent's event loop woke up, "
               "the worst of the last few seconds."),
     MetricDef("sidecar_config_reloads_total", "counter", "Config reloads that were applied."),
     MetricDef("sidecar_config_reload_failures_total", "counter", "Config reloads refused (the old config kept running)."),
+    MetricDef("sidecar_task_failures_total", "counter", "Owned background tasks that raised, by kind; each failure is "
+              "logged with the task's name and traceback.", ("task",)),
 )}
 # The values a label can take, where the agent fixes them (for the docs; `check` and `type` come from the config).
 LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "result": tuple(o.value for o in Outcome),
     "probe": tuple(p.value for p in Probe),
     "phase": tuple(p.value for p in Phase),
-    "outcome": SHUTDOWN_OUTCOMES,
+    "outcome": tuple(ShutdownOutcome),
+    "task": tuple(k.value for k in TaskKind),
 }
 
 
@@ -143,8 +146,11 @@ class Metrics:
         self.loop_lag = Gauge(lag.name, lag.help, registry=r)
         self.reloads = _counter("sidecar_config_reloads_total", r)
         self.reload_failures = _counter("sidecar_config_reload_failures_total", r)
-        for outcome in SHUTDOWN_OUTCOMES:
-            self.shutdowns.labels(outcome)
+        self.task_failures = _counter("sidecar_task_failures_total", r)
+        for kind in TaskKind:
+            self.task_failures.labels(kind.value)
+        for outcome in ShutdownOutcome:
+            self.shutdowns.labels(outcome.value)
         self._children: dict[str, _CheckChildren] = {}
         self._init_children(health.specs)
         self._probe_children: dict[tuple[str, int], Counter] = {(p, code): self.probe_requests.labels(p, str(code))
@@ -179,8 +185,11 @@ class Metrics:
                     self.check_runs.remove(name, outcome.value)
         self._init_children(specs)
 
-    def count_shutdown(self, outcome: str) -> None:
-        self.shutdowns.labels(outcome).inc()
+    def count_shutdown(self, outcome: ShutdownOutcome) -> None:
+        self.shutdowns.labels(outcome.value).inc()
+
+    def count_task_failure(self, kind: TaskKind) -> None:
+        self.task_failures.labels(kind.value).inc()
 
     def count_probe(self, probe: str, code: int) -> None:
         child = self._probe_children.get((probe, code))

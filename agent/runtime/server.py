@@ -11,12 +11,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from agent import listen
 from agent.config import ANY_HOST
-from agent.listen import BACKLOG, any_address_socket
 from agent.logs import event
 from agent.probes import HOOK_WINDOW, Probe
 from agent.runtime.health import Answer, Health
 from agent.runtime.metrics import Metrics
+from agent.runtime.tasks import TaskKind, Tasks
 from agent.units import format_address, format_duration, is_loopback_host
 
 log = logging.getLogger("agent.server")
@@ -25,6 +26,7 @@ TEXT_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
 HOOK_PROBES = (Probe.LIVENESS, Probe.STARTUP)  # the probes whose failure makes the kubelet kill one container
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class PrestopWait(Protocol):
@@ -58,8 +60,10 @@ class ProbeServer:
 
     def __init__(self, health: Health, metrics: Metrics, *, status: Callable[[], Awaitable[dict[str, Any]]],
                  agent_live: Callable[[], list[str]], heartbeats: dict[str, float], controls: Controls,
-                 token: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 token: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 tasks: Tasks | None = None) -> None:
         self.health, self.metrics, self.status, self.agent_live = health, metrics, status, agent_live
+        self.tasks = tasks or Tasks(metrics.count_task_failure)
         self.controls, self.token = controls, token
         self.heartbeats, self.clock = heartbeats, clock
         self.heartbeat_checks = {s.name for s in health.specs if s.type == "heartbeat"}
@@ -74,20 +78,40 @@ class ProbeServer:
         self.hooks_held = 0  # preStop hooks (/prestop, /prestop/wait) being held now, for /status
 
     def _routes(self, router: web.UrlDispatcher) -> None:
+        def add(method: str, path: str, handler: Handler) -> None:
+            guarded = self._guarded(handler, f"server:{method} {path}")
+            if method == "GET":
+                router.add_get(path, guarded)  # and HEAD
+            else:
+                router.add_route(method, path, guarded)
+
         for probe in Probe:
-            router.add_get(f"/{probe.path}", self._probe_handler(probe))
-            router.add_get(f"/{probe.path}/{{name}}", self._one_handler(probe))
-        router.add_get("/agent/livez", self.agent_livez)
-        router.add_get("/agent/readyz", self.agent_readyz)
-        router.add_get("/status", self.get_status)
-        router.add_get("/metrics", self.get_metrics)
-        router.add_post("/heartbeat/{name}", self.post_heartbeat)
-        router.add_get("/prestop", self._admin(self.prestop))
-        router.add_get("/prestop/wait", self.prestop_wait)
-        router.add_post("/quitquitquit", self._admin(self.quitquitquit))
-        router.add_post("/admin/drain", self._admin(self.drain))
-        router.add_post("/admin/undrain", self._admin(self.undrain))
-        router.add_post("/admin/reload", self._admin(self.reload))
+            add("GET", f"/{probe.path}", self._probe_handler(probe))
+            add("GET", f"/{probe.path}/{{name}}", self._one_handler(probe))
+        add("GET", "/agent/livez", self.agent_livez)
+        add("GET", "/agent/readyz", self.agent_readyz)
+        add("GET", "/status", self.get_status)
+        add("GET", "/metrics", self.get_metrics)
+        add("POST", "/heartbeat/{name}", self.post_heartbeat)
+        add("GET", "/prestop", self._admin(self.prestop))
+        add("GET", "/prestop/wait", self.prestop_wait)
+        add("POST", "/quitquitquit", self._admin(self.quitquitquit))
+        add("POST", "/admin/drain", self._admin(self.drain))
+        add("POST", "/admin/undrain", self._admin(self.undrain))
+        add("POST", "/admin/reload", self._admin(self.reload))
+
+    def _guarded(self, handler: Handler, name: str) -> Handler:
+        """A handler whose unexpected exception is logged and counted as the server task's failure (aiohttp would
+        log it in its own words and count nothing), and answered 500; the agent goes on."""
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except (web.HTTPException, ConnectionError):
+                raise  # an answer aiohttp gives (413 for a body over the cap), or a client that went away
+            except Exception as exc:  # noqa: BLE001 - see above
+                self.tasks.failed(TaskKind.SERVER, name, exc)
+                return web.Response(status=500, text="internal error; see the agent's log\n", content_type=TEXT)
+        return guarded
 
     def _admin(self, handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable[[web.Request], Any]:
         """Guard an admin handler: refused callers get 401/403 and nothing happens."""
@@ -266,30 +290,16 @@ class ProbeServer:
         """Bind and serve; `port` 0 picks a free one, readable afterwards from `self.port`."""
         # Idle keep-alive connections are closed after 15 s; the request line and each header are capped at
         # 8 KiB and a request at 128 headers, so one request's head stays under about 1 MiB.
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
-                                    keepalive_timeout=15.0, max_line_size=8190, max_field_size=8190, max_headers=128)
-        await self.runner.setup()
-        try:
-            site: web.BaseSite
-            if host == ANY_HOST:
-                sock, host = any_address_socket(port)
-                site = web.SockSite(self.runner, sock)
-            else:
-                site = web.TCPSite(self.runner, host, port, reuse_address=True, backlog=BACKLOG)
-            await site.start()
-        except BaseException:
-            await self.runner.cleanup()
-            raise
-        addresses = self.runner.addresses  # (host, port) or, for IPv6, (host, port, flowinfo, scope_id)
-        self.port = int(addresses[0][1]) if addresses else port
+        self.runner, host, self.port = await listen.start(
+            self.app, host, port, shutdown_timeout=1.0, keepalive_timeout=15.0,
+            max_line_size=8190, max_field_size=8190, max_headers=128)
         where = format_address(host, self.port)
         event(log, logging.INFO, f"serving probes on {where}" + (" (IPv4 and IPv6)" if host == ANY_HOST else ""),
               listen=where)
 
     async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        runner, self.runner = self.runner, None
+        await listen.close(runner)
 
 
 def _text(answer: Answer) -> web.Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import signal
 import time
@@ -15,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.config import ShutdownConfig
+from agent.config import ShutdownConfig, StopScope
 from agent.logs import event
 from agent.process.tree import Member, describe, signal_each
 from agent.runtime.health import Health
 from agent.runtime.phases import ALLOWED, Phase
+from agent.runtime.tasks import TaskKind, Tasks
 from agent.runtime.threads import run_internal
 from agent.units import format_duration
 
@@ -29,6 +31,30 @@ POLL = 0.1
 PERMISSION_HINT = ("run the agent as the app's user (securityContext.runAsUser), or as root with only the KILL "
                    "capability (capabilities: {drop: [ALL], add: [KILL]}; a non-root container gets no capabilities "
                    "from its spec), with shareProcessNamespace: true")
+
+
+class ShutdownOutcome(enum.StrEnum):
+    """How a shutdown sequence ended: /status's `outcome` and the label of sidecar_shutdown_outcome_total."""
+
+    description: str
+
+    EXITED = ("exited", "the app exited after the stop signal")
+    KILLED = ("killed", "the app was still running at `stop_timeout` and got SIGKILL")
+    GONE = ("gone", "the app had exited before the agent could signal it (its exit may have been the trigger)")
+    DENIED = ("denied", "the kernel refused the signal (the agent runs as another user, without `CAP_KILL`): the "
+              "sequence ends at once, so `/prestop` returns and the kubelet's own SIGTERM reaches the app")
+    NO_APP = ("no_app", "no app to signal after the drain: no `app.match`, or the app is not running or not visible "
+              "(no shared process namespace)")
+    NOT_RELAYED = ("not_relayed", "`relay_signal: false`: the kubelet signals the app once `/prestop` has drained")
+    ERROR = ("error", "an internal error in the sequence (logged with its traceback, counted in "
+             "`sidecar_task_failures_total{task=\"shutdown\"}`): with `relay_signal` the app still gets `stop_signal` "
+             "(unless it already had it), then SIGKILL at `stop_timeout`; the agent exits 1")
+
+    def __new__(cls, value: str, description: str) -> ShutdownOutcome:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        return member
 
 
 class AppTarget(Protocol):
@@ -42,9 +68,9 @@ class AppTarget(Protocol):
 
     async def alive(self) -> bool: ...
 
-    def send(self, signum: int, scope: str) -> str: ...
+    def send(self, signum: int, scope: StopScope) -> str: ...
 
-    def kill(self, scope: str) -> list[Member]: ...
+    def kill(self, scope: StopScope) -> list[Member]: ...
 
     def leftovers(self) -> list[Member]: ...
 
@@ -59,7 +85,7 @@ class Report:
 
     trigger: str | None = None
     started: float | None = None  # epoch seconds
-    outcome: str | None = None  # exited, killed, gone, denied, no_app, not_relayed
+    outcome: ShutdownOutcome | None = None
     error: str | None = None
     signalled_after: float | None = None  # seconds from the trigger to the stop signal
 
@@ -92,11 +118,12 @@ class Shutdown:
     """Runs the sequence once; exposes events for /prestop callers and the daemon."""
 
     def __init__(self, health: Health, config: ShutdownConfig, target: AppTarget | None, *,
-                 on_outcome: Callable[[str], None] = lambda outcome: None,
+                 on_outcome: Callable[[ShutdownOutcome], None] = lambda outcome: None,
                  connections: Callable[[int], int] = established_connections,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, tasks: Tasks | None = None) -> None:
         self.health, self.config, self.target = health, config, target
         self.on_outcome, self.connections, self.clock = on_outcome, connections, clock
+        self.tasks = tasks or Tasks()
         self.report = Report()
         self.drained = asyncio.Event()  # readiness has failed for the whole drain
         self.stopped = asyncio.Event()  # the sequence is over; the agent may exit
@@ -117,7 +144,7 @@ class Shutdown:
             return
         self.report = Report(trigger=reason, started=time.time())
         self._started_at = self.clock()
-        self.task = asyncio.create_task(self._sequence(reason, app_gone), name="shutdown")
+        self.task = self.tasks.start(self._sequence(reason, app_gone), TaskKind.SHUTDOWN)
         self.begun.set()
 
     async def begins_within(self, seconds: float) -> bool:
@@ -149,14 +176,15 @@ class Shutdown:
 
     async def close(self) -> None:
         """Cancel the sequence if it still runs and await it (the daemon's last step)."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
         if self.task is not None:
-            await asyncio.gather(self.task, return_exceptions=True)
+            await self.tasks.cancel(self.task)
 
     async def _sequence(self, reason: str, app_gone: bool) -> None:
         try:
             await self._steps(reason, app_gone)
+        except Exception as exc:  # noqa: BLE001 - reported like any task's failure, and the app is still stopped
+            self.tasks.failed(TaskKind.SHUTDOWN, "shutdown", exc)
+            await self._stop_after_error(exc)
         finally:
             self._enter(Phase.STOPPED, "the shutdown sequence is over")
             self.drained.set()
@@ -172,7 +200,7 @@ class Shutdown:
                 return  # exec mode: the app's command exited, part of its tree ran on and was stopped
             event(log, logging.INFO, f"shutdown ({reason}): the app has already exited, stopping at once",
                   trigger=reason)
-            self._finish("gone")
+            self._finish(ShutdownOutcome.GONE)
             return
         event(log, logging.INFO, f"shutdown started by {reason}: draining for {format_duration(cfg.drain_delay)}"
               + (f" and until port {cfg.drain_connections.port} has no connections (at most "
@@ -182,14 +210,14 @@ class Shutdown:
         await self._drain()
         self.drained.set()
         if not cfg.relay_signal:
-            self._finish("not_relayed")
+            self._finish(ShutdownOutcome.NOT_RELAYED)
             return
         if target is None or not await target.alive():
             if target is not None and await self._stop_leftovers(target):
                 return  # the app exited during the drain, leaving processes behind, which were stopped
             what = "no app is configured" if target is None else f"the app ({target.description}) is not running"
             event(log, logging.WARNING, f"drain over; {what}, so no signal to relay")
-            self._finish("no_app")
+            self._finish(ShutdownOutcome.NO_APP)
             return
         # 4. Relay the stop signal; SIGKILL when stop_timeout passes.
         self._enter(Phase.STOPPING, f"sending {cfg.stop_signal} to the app")
@@ -228,12 +256,14 @@ class Shutdown:
         """The app's established connections, or None when counting would run past the deadline (a count still
         running is waited for again, never started twice: the agent's own threads are few)."""
         if self._counting is None or self._counting.done():
-            self._counting = asyncio.ensure_future(run_internal(self.connections, port))
-            # A count abandoned at the deadline may still fail later: its error is of no use by then.
-            self._counting.add_done_callback(lambda done: done.cancelled() or done.exception())
+            # An owned task: a count that fails, even one abandoned at the deadline, is logged and counted.
+            self._counting = self.tasks.start(run_internal(self.connections, port), TaskKind.SHUTDOWN,
+                                              "shutdown:count-connections")
         try:
             return await asyncio.wait_for(asyncio.shield(self._counting), budget)
         except TimeoutError:
+            return None
+        except Exception:  # noqa: BLE001 - logged by the task's guard; the drain goes on by its timer
             return None
 
     async def _stop_app(self, target: AppTarget) -> None:
@@ -247,7 +277,7 @@ class Shutdown:
             self._signal_logged()
             event(log, logging.INFO, "the app exited before the stop signal")
             if not await self._stop_leftovers(target):
-                self._finish("gone")
+                self._finish(ShutdownOutcome.GONE)
             return
         except PermissionError:
             # Nothing the agent does can stop the app now: end the sequence, so that /prestop returns
@@ -266,7 +296,7 @@ class Shutdown:
         if await self._until(target.wait_exit(cfg.stop_timeout), cfg.stop_timeout):
             event(log, logging.INFO, f"the app exited {format_duration(round(self.clock() - sent_at, 3))} "
                   f"after {cfg.stop_signal}", stopped_by=cfg.stop_signal)
-            self._finish("exited")
+            self._finish(ShutdownOutcome.EXITED)
             return
         left = await run_internal(target.remaining)
         if self.hurry.is_set():
@@ -302,7 +332,7 @@ class Shutdown:
               signal=cfg.stop_signal, pids=[m.pid for m in left])
         if await self._until(target.wait_exit(cfg.stop_timeout), cfg.stop_timeout):
             event(log, logging.INFO, "the app's remaining processes have exited", stopped_by=cfg.stop_signal)
-            self._finish("gone")
+            self._finish(ShutdownOutcome.GONE)
             return True
         left_now = await run_internal(target.remaining)
         await self._kill(target, f"the app's remaining processes did not exit within stop_timeout "
@@ -318,31 +348,30 @@ class Shutdown:
             return
         if not killed:
             event(log, logging.INFO, f"{why}; it exited before SIGKILL", stopped_by=self.config.stop_signal)
-            self._finish("exited")
+            self._finish(ShutdownOutcome.EXITED)
             return
         event(log, logging.WARNING, f"{why}; sending SIGKILL to {describe(killed)}", stopped_by="SIGKILL",
               killed=[m.pid for m in killed])
         if not await target.wait_exit(KILL_REAP_BOUND):
             still = await run_internal(target.remaining)
             event(log, logging.ERROR, f"after SIGKILL {still or 'part of the app'}")
-        self._finish("killed")
+        self._finish(ShutdownOutcome.KILLED)
 
     def _denied(self, signame: str, target: AppTarget) -> None:
         message = f"cannot send {signame} to the app ({target.description}): permission denied; {PERMISSION_HINT}"
         event(log, logging.ERROR, message, signal=signame)
         self.report.error = message
-        self._finish("denied")
+        self._finish(ShutdownOutcome.DENIED)
 
     async def _until(self, waiting: Awaitable[bool], timeout: float) -> bool:
         """Await `waiting` unless told to hurry first; False when hurried."""
-        work = asyncio.ensure_future(waiting)
-        hurry = asyncio.ensure_future(self.hurry.wait())
+        work = self.tasks.start(_awaited(waiting), TaskKind.SHUTDOWN, "shutdown:wait-exit")
+        hurry = self.tasks.start(self.hurry.wait(), TaskKind.SHUTDOWN, "shutdown:hurry")
         try:
             await asyncio.wait({work, hurry}, timeout=timeout + 1.0, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (work, hurry):
-                task.cancel()
-            await asyncio.gather(work, hurry, return_exceptions=True)
+                await self.tasks.cancel(task)
         return work.done() and not work.cancelled() and work.exception() is None and bool(work.result())
 
     async def _pause(self, seconds: float) -> None:
@@ -354,8 +383,41 @@ class Shutdown:
         if phase in ALLOWED[lifecycle.phase]:
             lifecycle.transition(phase, reason)
 
-    def _finish(self, outcome: str) -> None:
-        """Record how the sequence ended; the first outcome stands (a denied signal stays denied)."""
-        if self.report.outcome is None:
+    def _finish(self, outcome: ShutdownOutcome) -> None:
+        """Record how the sequence ended; the first outcome stands (a denied signal stays denied), but for an
+        internal error, which replaces any: the agent then exits 1."""
+        if self.report.outcome is None or (outcome is ShutdownOutcome.ERROR and self.report.outcome is not outcome):
             self.report.outcome = outcome
             self.on_outcome(outcome)
+
+    async def _stop_after_error(self, exc: Exception) -> None:
+        """The sequence failed: still end the app the plainest way (stop_signal, SIGKILL at stop_timeout), touching
+        nothing but the target's own signal and wait calls, each of which may fail in turn."""
+        target, cfg = self.target, self.config
+        self.report.error = f"internal error in the shutdown sequence ({type(exc).__name__}); see the agent's log"
+        self.drained.set()
+        self._signal_logged()  # anything that waited for the stop signal's log line may go now
+        if target is not None and cfg.relay_signal:
+            try:
+                if self.report.signalled_after is None:  # not sent yet (once is enough: a second may mean more)
+                    self._enter(Phase.STOPPING, f"the sequence failed: sending {cfg.stop_signal} to the app anyway")
+                    self.report.signalled_after = round(self.clock() - self._started_at, 6)
+                    whom = await run_internal(target.send, signal.Signals[cfg.stop_signal], cfg.stop_scope)
+                    event(log, logging.WARNING, f"after the internal error, sent {cfg.stop_signal} to {whom}; waiting "
+                          f"up to {format_duration(cfg.stop_timeout)}", signal=cfg.stop_signal)
+                if not await self._until(target.wait_exit(cfg.stop_timeout), cfg.stop_timeout):
+                    killed = await run_internal(target.kill, cfg.stop_scope)
+                    if killed:
+                        event(log, logging.WARNING, f"after the internal error, sent SIGKILL to {describe(killed)}",
+                              stopped_by="SIGKILL", killed=[m.pid for m in killed])
+            except ProcessLookupError:
+                pass  # the app is gone: nothing left to stop
+            except Exception as again:  # noqa: BLE001 - the daemon's last step still SIGKILLs a child of its own
+                event(log, logging.ERROR, f"could not stop the app after the internal error: "
+                      f"{type(again).__name__}: {again}", error=type(again).__name__)
+        self._finish(ShutdownOutcome.ERROR)
+
+
+async def _awaited(waiting: Awaitable[bool]) -> bool:
+    """An awaitable as a coroutine, for Tasks.start."""
+    return await waiting

@@ -3,8 +3,12 @@
 The loop measures itself rather than waking to be measured: the selector it waits in (`WatchedSelector`,
 installed by `new_event_loop`) notes, at every wait, how long the loop ran callbacks since the last one (a
 blocking call holds it that long) and how much later than asked the last wait returned (a paused or starved
-process). An idle agent thus sleeps until there is something to do. On a loop without that selector the
-watchdog falls back to a timer that ticks every TICK.
+process). An idle agent thus sleeps until there is something to do. The agent always runs on such a loop
+(cli._run_loop); on another loop the watchdog measures nothing and says so (`measuring` is False).
+
+The measurement runs inside the selector's `select`: an exception there would stop the event loop itself.
+It is caught, the watchdog detaches (the loop goes on) and `on_failure` reports it (the daemon logs and counts
+it as the `watchdog` task's failure, and /agent/livez fails from then on).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-TICK = 0.25  # the fallback timer's period
 SLOT, SLOTS = 0.5, 4  # the lag reported is the worst of the current half second and the four before: about 2 s
 
 
@@ -70,13 +73,18 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class Watchdog:
     """Keeps the worst recent lag of the running loop; the gauge reads it at scrape time."""
 
-    def __init__(self, gauge: GaugeLike, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
+    def __init__(self, gauge: GaugeLike, clock: Callable[[], float] = time.monotonic,
+                 on_failure: Callable[[Exception], None] = lambda exc: None) -> None:
+        self.clock, self.on_failure = clock, on_failure
         self.recent: collections.deque[list[Any]] = collections.deque(maxlen=SLOTS + 1)  # [slot index, worst lag]
-        self.task: asyncio.Task[None] | None = None
         self.selector: WatchedSelector | None = None
-        self._due: float | None = None  # the fallback timer: when the current tick should end
+        self.failure: Exception | None = None
         gauge.set_function(lambda: self.lag)
+
+    @property
+    def measuring(self) -> bool:
+        """Whether the loop's lag is being measured: started on a watched loop, and not failed."""
+        return self.selector is not None and self.selector.on_lag is not None
 
     @property
     def lag(self) -> float:
@@ -87,18 +95,22 @@ class Watchdog:
         return max(worst, self._ongoing(now))
 
     def start(self) -> None:
+        """Measure the running loop, when it is a watched one (new_event_loop)."""
         self.selector = _selectors.get(asyncio.get_running_loop())
         if self.selector is not None:
-            self.selector.on_lag = self.observe
-        else:
-            self.task = asyncio.create_task(self._run(), name="watchdog")
+            self.selector.on_lag = self._guarded
 
-    async def close(self) -> None:
+    def close(self) -> None:
         if self.selector is not None:
             self.selector.on_lag = None
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+
+    def _guarded(self, lag: float, now: float) -> None:
+        try:
+            self.observe(lag, now)
+        except Exception as exc:  # noqa: BLE001 - raised inside select(), it would stop the loop itself
+            self.close()
+            self.failure = exc
+            self.on_failure(exc)
 
     def observe(self, lag: float, now: float | None = None) -> None:
         index = int((self.clock() if now is None else now) / SLOT)
@@ -109,12 +121,4 @@ class Watchdog:
             self.recent.append([index, max(0.0, lag)])
 
     def _ongoing(self, now: float) -> float:
-        if self.selector is not None:
-            return self.selector.running_for(now)
-        return 0.0 if self._due is None else max(0.0, now - self._due)
-
-    async def _run(self) -> None:
-        while True:
-            self._due = self.clock() + TICK
-            await asyncio.sleep(TICK)
-            self.observe(self.clock() - self._due)
+        return self.selector.running_for(now) if self.measuring and self.selector is not None else 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import enum
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,12 +63,31 @@ class Review:
         return f"{self.namespace}/{name}"
 
 
+class ReviewResult(enum.StrEnum):
+    """What one review amounted to: the `result` of the webhook's log line and of sidecar_webhook_reviews_total."""
+
+    description: str
+
+    INJECTED = ("injected", "the agent was added to the pod (a patch)")
+    CHANGED = ("changed", "a patch that does not add the agent: the injection changed something else")
+    UNCHANGED = ("unchanged", "nothing to change: opted out, or already injected (no patch)")
+    REFUSED = ("refused", "the pod was refused (`allowed: false`), with the message: a bad checks annotation")
+    SKIPPED = ("skipped", "not a CREATE: a pod's spec cannot change after it")
+    ERROR = ("error", "the injection failed with an internal error: answered 500 and logged with its traceback")
+
+    def __new__(cls, value: str, description: str) -> ReviewResult:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        return member
+
+
 @dataclass(frozen=True)
 class Decision:
     """The answer to one review, and what it amounts to for logs and metrics."""
 
     body: dict[str, Any]  # the AdmissionReview response document
-    result: str  # injected, unchanged, refused or skipped
+    result: ReviewResult
     message: str = ""  # why a pod was refused
     warnings: list[str] = field(default_factory=list)
 
@@ -114,7 +134,7 @@ def decide(review: Review, mutate: Mutate, refusals: tuple[type[Exception], ...]
     """
     if review.operation != "CREATE":
         # Only creation is registered; a pod's spec is immutable after it, so there is nothing to add.
-        return Decision(_answer(review.uid, allowed=True), "skipped")
+        return Decision(_answer(review.uid, allowed=True), ReviewResult.SKIPPED)
     before = {key: review.pod[key] for key in ("metadata", "spec") if key in review.pod}
     template = {"metadata": review.pod.get("metadata") or {}, "spec": review.pod.get("spec") or {}}
     try:
@@ -124,15 +144,15 @@ def decide(review: Review, mutate: Mutate, refusals: tuple[type[Exception], ...]
         message = str(exc)
         return Decision(_answer(review.uid, allowed=False, status={
             "status": "Failure", "code": 400, "reason": "BadRequest", "message": f"sidecar-agent: {message}"}),
-            "refused", message=message)
+            ReviewResult.REFUSED, message=message)
     warnings = [_warning(note) for note in outcome.notes]
     after = {"metadata": outcome.template.get("metadata") or {}, "spec": outcome.template.get("spec") or {}}
     operations = jsonpatch.make_patch(before, after).patch
     if not operations:
-        return Decision(_answer(review.uid, allowed=True, warnings=warnings), "unchanged", warnings=warnings)
+        return Decision(_answer(review.uid, allowed=True, warnings=warnings), ReviewResult.UNCHANGED, warnings=warnings)
     patch = base64.b64encode(json.dumps(operations, separators=(",", ":")).encode()).decode()
     return Decision(_answer(review.uid, allowed=True, warnings=warnings, patch=patch),
-                    "injected" if outcome.injected else "changed", warnings=warnings)
+                    ReviewResult.INJECTED if outcome.injected else ReviewResult.CHANGED, warnings=warnings)
 
 
 def _warning(note: str) -> str:

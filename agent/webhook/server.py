@@ -23,12 +23,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 
+from agent import listen
 from agent.config import ANY_HOST
 from agent.inject import InjectError, Options, Outcome, inject_template  # the same code path as `inject`
-from agent.listen import any_address_socket
 from agent.logs import event
 from agent.units import format_address
-from agent.webhook.admission import BadReview, Decision, Mutate, Review, decide, parse
+from agent.webhook.admission import BadReview, Decision, Mutate, Review, ReviewResult, decide, parse
 from agent.webhook.kubelets import OldestKubelet
 
 log = logging.getLogger("agent.webhook")
@@ -177,7 +177,7 @@ class WebhookServer:
             decision = decide(review, self.mutate, self.refusals)
         except Exception:  # a bug in the mutation fails this review (500), never the server
             log.exception("the injection failed on pod %s (review %s)", review.name, review.uid)
-            self.metrics.reviews.labels("error", _flag(review.dry_run)).inc()
+            self.metrics.reviews.labels(ReviewResult.ERROR.value, _flag(review.dry_run)).inc()
             return web.Response(status=500, text="internal error in the injection\n", content_type=TEXT)
         self._record(review, decision)
         self.metrics.duration.observe(self.clock() - started)
@@ -185,13 +185,13 @@ class WebhookServer:
 
     def _record(self, review: Review, decision: Decision) -> None:
         """Count and log one decision. A dry run applies nothing: counted apart, logged as what would happen."""
-        self.metrics.reviews.labels(decision.result, _flag(review.dry_run)).inc()
-        fields = {"pod": review.name, "uid": review.uid, "dry_run": review.dry_run, "result": decision.result}
-        if decision.result in ("injected", "changed"):
+        self.metrics.reviews.labels(decision.result.value, _flag(review.dry_run)).inc()
+        fields = {"pod": review.name, "uid": review.uid, "dry_run": review.dry_run, "result": decision.result.value}
+        if decision.result in (ReviewResult.INJECTED, ReviewResult.CHANGED):
             done = "dry run: would inject" if review.dry_run else "injected"
             event(log, logging.INFO, f"{done} the agent into pod {review.name}"
                   + "".join(f"; {w}" for w in decision.warnings), **fields)
-        elif decision.result == "refused":
+        elif decision.result is ReviewResult.REFUSED:
             done = "dry run: would refuse" if review.dry_run else "refused"
             event(log, logging.WARNING, f"{done} pod {review.name}: {decision.message}", **fields)
         else:
@@ -206,29 +206,16 @@ class WebhookServer:
 
     async def start(self, host: str, port: int) -> None:
         """Bind and serve over TLS; `port` 0 picks a free one, readable afterwards from `self.port`."""
-        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS,
-                                    keepalive_timeout=KEEPALIVE_SECONDS)
-        await self.runner.setup()
-        try:
-            site: web.BaseSite
-            if host == ANY_HOST:
-                sock, host = any_address_socket(port)
-                site = web.SockSite(self.runner, sock, ssl_context=self.certificates.listening)
-            else:
-                site = web.TCPSite(self.runner, host, port, ssl_context=self.certificates.listening, reuse_address=True)
-            await site.start()
-        except BaseException:
-            await self.runner.cleanup()
-            raise
-        self.port = int(self.runner.addresses[0][1])
+        self.runner, host, self.port = await listen.start(self.app, host, port, ssl_context=self.certificates.listening,
+                                                          shutdown_timeout=SHUTDOWN_SECONDS,
+                                                          keepalive_timeout=KEEPALIVE_SECONDS)
         event(log, logging.INFO, f"webhook serving on https://{format_address(host, self.port)}/inject",
               listen=format_address(host, self.port))
 
     async def close(self) -> None:
         """Stop accepting, let in-flight reviews finish (bounded), close every connection."""
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
+        runner, self.runner = self.runner, None
+        await listen.close(runner)
 
 
 def _flag(value: bool) -> str:

@@ -55,7 +55,7 @@ def test_each_container_s_liveness_asks_its_own_check() -> None:
     assert {c.name: c.probes for c in config.checks} == {
         "web-liveness": ("liveness",), "web-readiness": ("readiness",), "web-startup": ("startup",),
         "worker-liveness": ("liveness",)}
-    assert config.check("web-liveness").interval == 5  # type: ignore[union-attr]
+    assert next(c for c in config.checks if c.name == "web-liveness").interval == 5
 
 
 def test_native_sidecar_from_1_29_and_a_regular_container_below() -> None:
@@ -111,6 +111,19 @@ def test_annotation_checks_copy_their_env_and_refuse_literal_secrets() -> None:
     missing = template("db:\n  type: redis\n  url: ${NOWHERE}\n")
     with pytest.raises(InjectError, match="NOWHERE"):
         inject_template(missing, Options())
+
+
+def test_a_header_with_a_scheme_and_a_variable_is_no_literal_secret() -> None:
+    """`Bearer ${TOKEN}`: only the scheme is written, the credential comes from the env (found by test_properties.py)."""
+    header = "up:\n  type: http\n  url: http://127.0.0.1:9999/ping\n  headers: {{Authorization: '{}'}}\n"
+    t = template(header.format("Bearer ${API_TOKEN}"))
+    t["spec"]["containers"][1]["env"] = [{"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "a", "key": "t"}}}]
+    agent = inject_template(t, Options()).template["spec"]["initContainers"][0]
+    assert agent["env"][0]["name"] == "API_TOKEN"
+    for literal in ("Bearer hunter22", "Bearer ${API_TOKEN} hunter22", "Basic abc"):
+        t["metadata"]["annotations"]["sidecar-agent.io/checks"] = header.format(literal)
+        with pytest.raises(InjectError, match="a secret is written in plain text"):
+            inject_template(t, Options())
 
 
 def test_a_bad_annotation_names_the_key_path() -> None:

@@ -120,7 +120,7 @@ def test_a_plugin_check_is_created_and_run_with_what_the_engine_passes(tmp_path:
         from agent.checks import CheckContext, load_type
         from agent.config import load
         from agent.process.reaper import Reaper
-        spec = load(pathlib.Path({str(config)!r}).read_bytes(), {{}}).check("theirs")
+        spec = next(c for c in load(pathlib.Path({str(config)!r}).read_bytes(), {{}}).checks if c.name == "theirs")
         check = load_type(spec.type).create(spec, CheckContext(None, {{}}, time.monotonic, Reaper()))
         print(asyncio.run(check.run()))
         """)

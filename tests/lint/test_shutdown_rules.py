@@ -60,6 +60,19 @@ def test_prestop_hooks_that_miss_the_agent(hook: dict[str, Any]) -> None:
     assert lint(pod(app(lifecycle={"preStop": hook}), agent())) == [("prestop-wrong-target", "app")]
 
 
+@pytest.mark.parametrize("kind", ["Job", "CronJob"])
+@pytest.mark.parametrize("hook", [
+    {"httpGet": {"path": "/shutdown", "port": 8080}},
+    {"sleep": {"seconds": 1}},
+    {"exec": {"command": ["sh", "-c", "kill -TERM 1"]}},
+])
+def test_batch_pods_keep_their_own_hooks(kind: str, hook: dict[str, Any]) -> None:
+    """No Service to drain (issue 21): a Job's own hook is not the agent's business, as inject leaves it too."""
+    container = app(lifecycle={"preStop": hook}, ports=[{"name": "http", "containerPort": 8080}])
+    assert lint(pod(container, agent(), kind=kind, restartPolicy="Never")) == []
+    assert lint(pod(container, agent(), kind="Deployment")) == [("prestop-wrong-target", "app")]
+
+
 @pytest.mark.parametrize("command", [
     ["curl", "-fsS", "http://127.0.0.1:8686/prestop"],
     ["/bin/sh", "-c", "wget -qO- 'http://localhost:8686/prestop' >/dev/null 2>&1; true"],

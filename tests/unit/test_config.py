@@ -1,5 +1,6 @@
 """The loader: typed config out, or every problem with its key path; secrets redacted in the dump."""
 
+import dataclasses
 import json
 import pathlib
 import textwrap
@@ -8,7 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
-from agent.config import DEFAULT_CONFIG, ConfigError, dump, json_schema, load
+from agent.config import DEFAULT_CONFIG, TOP, ConfigError, dump, json_schema, load
+from agent.fields import Field, Number, Problems, Section, with_defaults
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -227,3 +229,24 @@ def test_stop_scope_is_group_by_default_and_only_group_or_process() -> None:
     assert load("checks: {}\n", {}).shutdown.stop_scope == "group"
     assert load("shutdown: {stop_scope: process}\n", {}).shutdown.stop_scope == "process"
     assert problems("shutdown: {stop_scope: tree}\n") == ["shutdown.stop_scope: expected one of group, process, got 'tree'"]
+
+
+@pytest.mark.parametrize("section", [f.name for f in TOP if isinstance(f.kind, Section)] + ["checks"])
+def test_an_empty_section_is_the_same_as_a_missing_one(section: str) -> None:
+    """Each default is written once (on the section's dataclass), so `section: {}` and no key at all agree."""
+    assert load(f"{section}: {{}}", {}) == load("", {})
+    assert load(f"{section}:", {}) == load("", {})
+
+
+def test_a_default_written_on_both_the_dataclass_and_its_field_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Limits:
+        most: int = 8
+
+    with pytest.raises(ValueError, match=r"the default of Limits\.most is written twice"):
+        Section([Field("most", Number(integer=True), 8)], Limits)
+    assert Section([Field("most", Number(integer=True))], Limits).parse({}, "limits", Problems()) == Limits()
+    # A plug-in's check type may repeat its params' default, as long as the two agree.
+    assert with_defaults([Field("most", Number(integer=True), 8)], Limits, strict=False)[0].default == 8
+    with pytest.raises(ValueError):
+        with_defaults([Field("most", Number(integer=True), 9)], Limits, strict=False)

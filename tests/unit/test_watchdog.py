@@ -5,7 +5,7 @@ import os
 import time
 from pathlib import Path
 
-from agent.runtime.watchdog import SLOT, SLOTS, TICK, Watchdog, WatchedSelector, new_event_loop
+from agent.runtime.watchdog import SLOT, SLOTS, Watchdog, WatchedSelector, new_event_loop
 from agent.testing import FakeClock, run_agent
 
 
@@ -40,13 +40,13 @@ def test_a_blocked_loop_is_measured_by_its_selector_while_and_after_it_blocks() 
 
     async def main() -> None:
         dog.start()
-        assert isinstance(dog.selector, WatchedSelector) and dog.task is None  # no timer of its own
+        assert isinstance(dog.selector, WatchedSelector) and dog.measuring
         await asyncio.sleep(0)
         time.sleep(0.3)  # a blocking call on the loop
         seen.append(dog.lag)  # read during the same iteration: it counts as it goes
         await asyncio.sleep(0)  # the loop waits again, and notes the iteration
         seen.append(dog.lag)
-        await dog.close()
+        dog.close()
 
     try:
         loop.run_until_complete(main())
@@ -55,17 +55,37 @@ def test_a_blocked_loop_is_measured_by_its_selector_while_and_after_it_blocks() 
     assert seen[0] >= 0.3 and seen[1] >= 0.3, seen
 
 
-def test_a_loop_without_the_watched_selector_falls_back_to_a_timer() -> None:
+def test_a_loop_without_the_watched_selector_is_not_measured_and_says_so() -> None:
     async def main() -> None:
         dog = Watchdog(Recorder())
         dog.start()
-        assert dog.selector is None and dog.task is not None
-        await asyncio.sleep(0)  # the tick starts
-        time.sleep(TICK + 0.3)
-        assert dog.lag >= 0.3  # the tick is overdue by at least as much
-        await dog.close()
+        assert not dog.measuring and dog.lag == 0.0
+        dog.close()
 
     asyncio.run(main())
+
+
+def test_a_failing_measurement_detaches_and_is_reported_while_the_loop_goes_on() -> None:
+    """An exception inside select() would stop the loop: the watchdog catches it, stops measuring, reports it."""
+    loop = new_event_loop()
+    failures: list[Exception] = []
+    dog = Watchdog(Recorder(), on_failure=failures.append)
+
+    def broken(lag: float, now: float | None = None) -> None:
+        raise RuntimeError("broken watchdog")
+
+    async def main() -> int:
+        dog.start()
+        dog.observe = broken  # type: ignore[method-assign]
+        for _ in range(3):
+            await asyncio.sleep(0.01)  # the loop waits, and measures, each time
+        return 42
+
+    try:
+        assert loop.run_until_complete(main()) == 42
+    finally:
+        loop.close()
+    assert [str(f) for f in failures] == ["broken watchdog"] and not dog.measuring
 
 
 def voluntary_switches(pid: int) -> int:
