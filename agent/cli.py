@@ -33,6 +33,10 @@ class UsageError(Exception):
     """Bad input from the user: printed as is, exit code 2."""
 
 
+DRAIN_HELP = ("how the drain ends: timer (drain_delay; the app's preStop sleeps) or endpoints (when the pod has left its "
+              "EndpointSlices: the downward-API env added, the app's preStop waits on /prestop/wait); a pod's "
+              "sidecar-agent.io/drain annotation overrides it (default: %(default)s)")
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidecar-agent", description="A health-and-shutdown sidecar for Kubernetes pods.")
     parser.add_argument("--version", action="version", version=f"sidecar-agent {__version__}")
@@ -64,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"sleep from 1.30 (default: {KUBERNETES})")
     inject.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     inject.add_argument("--remove", action="store_true", help="take an injection back out, restoring the pod templates")
+    inject.add_argument("--drain", choices=("timer", "endpoints"), default="timer",
+                        help=DRAIN_HELP)
     stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a native sidecar's "
                           "preStop hook): the agent drains, then serves until its SIGTERM")
     stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit?exit=sigterm on loopback at the port "
@@ -79,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                       f"every minute, and {FALLBACK[0]}.{FALLBACK[1]}'s mode, which works on every kubelet, until a read "
                       f"succeeds and whenever one fails (default: {KUBERNETES})")
     hook.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
+    hook.add_argument("--drain", choices=("timer", "endpoints"), default="timer",
+                      help=DRAIN_HELP)
     return parser
 
 
@@ -253,6 +261,7 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except webhook.CertificateError as exc:
         raise UsageError(f"sidecar-agent: --tls-cert/--tls-key: {exc}") from None
     from agent.inject import Options
+    from agent.inject.api import Drain
 
     api = None
     if auto:
@@ -262,7 +271,7 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             api = in_cluster(env)
         except NodeListError as exc:
             raise UsageError(f"sidecar-agent: --kubernetes-version auto: {exc}") from None
-    options = Options(image=args.image.strip())
+    options = Options(image=args.image.strip(), drain=Drain(args.drain))
     if chosen is not None:
         options = dataclasses.replace(options, kubernetes_version=chosen.version, kubernetes_source=chosen.source)
     settings = webhook.Settings(cert=args.tls_cert, key=args.tls_key, host=host, port=port, options=options)
@@ -286,6 +295,7 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_inject(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from agent.inject import Options
+    from agent.inject.api import Drain
     from agent.inject.documents import run
     from agent.lint import InputError
 
@@ -295,7 +305,7 @@ def cmd_inject(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     chosen = chosen_kubernetes(args.kubernetes_version)
     try:
         report = run(args.paths, Options(image=args.image, kubernetes_version=chosen.version,
-                                         kubernetes_source=chosen.source), undo=args.remove)
+                                         kubernetes_source=chosen.source, drain=Drain(args.drain)), undo=args.remove)
     except InputError as exc:
         raise UsageError(f"sidecar-agent inject: {exc}") from None
     sys.stdout.write(report.text)

@@ -18,6 +18,7 @@ from agent.fields import (
     Duration,
     Enum,
     Field,
+    Invalid,
     Kind,
     ListOf,
     Number,
@@ -96,6 +97,21 @@ class DrainConnections:
     timeout: float
 
 
+class EndpointsMode(enum.Enum):
+    """shutdown.endpoints.enabled: when the drain follows the pod's EndpointSlices."""
+
+    AUTO = "auto"  # when the pod has in-cluster credentials and its identity from the downward API
+    ON = "true"  # always tried; a lack is a warning, and the drain falls back to the timer
+    OFF = "false"
+
+
+@dataclass(frozen=True)
+class EndpointsConfig:
+    enabled: EndpointsMode = EndpointsMode.AUTO
+    min: float = 1.0
+    margin: float = 1.0
+
+
 @dataclass(frozen=True)
 class ShutdownConfig:
     drain_delay: float = 5.0
@@ -105,6 +121,12 @@ class ShutdownConfig:
     stop_scope: StopScope = StopScope.GROUP
     drain_connections: DrainConnections | None = None
     grace_period: float = 30.0
+    endpoints: EndpointsConfig | None = None  # absent: the drain is the timer alone
+
+    @property
+    def follows_endpoints(self) -> bool:
+        """Whether the config asks for the drain to follow the EndpointSlices (credentials permitting)."""
+        return self.endpoints is not None and self.endpoints.enabled is not EndpointsMode.OFF
 
     @property
     def drain_budget(self) -> float:
@@ -169,6 +191,34 @@ APP = Section([optional("match", MATCH, "how to find the app process: exactly on
 DRAIN_CONNECTIONS = Section([Field("port", Number(integer=True, minimum=1, maximum=65535), doc="the app's serving port"),
                              Field("timeout", Duration(positive=True), doc="the longest to wait for its connections")],
                             DrainConnections)
+class Switch(Kind):
+    """true, false or auto (YAML's booleans or their text)."""
+
+    def shape(self) -> str:
+        return "`true`, `false` or `auto`"
+
+    def parse(self, value: Any, path: str, problems: Problems) -> Any:
+        if isinstance(value, bool):
+            return EndpointsMode.ON if value else EndpointsMode.OFF
+        if isinstance(value, str) and value.lower() in {m.value for m in EndpointsMode}:
+            return EndpointsMode(value.lower())
+        raise Invalid(f"expected true, false or auto, got {describe(value)}")
+
+    def dump(self, value: Any) -> Any:
+        return {EndpointsMode.ON: True, EndpointsMode.OFF: False}.get(value, "auto")
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": ["boolean", "string"], "enum": [True, False, "true", "false", "auto"]}
+
+
+ENDPOINTS = Section([
+    Field("enabled", Switch(),
+          doc="auto: on when the pod has a service-account token and POD_NAMESPACE with POD_NAME or POD_IPS (the "
+          "downward API), else the timer; true: always tried, a lack is a warning; false: the timer"),
+    Field("min", Duration(), doc="the drain never ends sooner, whatever the EndpointSlices show"),
+    Field("margin", Duration(), doc="how long after the API shows the pod out of every slice the drain ends "
+          "(kube-proxy and ingress controllers still programming their rules)"),
+], EndpointsConfig)
 SHUTDOWN = Section([
     Field("drain_delay", Duration(), doc="how long readiness fails before the app is signalled"),
     Field("relay_signal", Bool(), doc="send stop_signal to the app after draining"),
@@ -183,6 +233,9 @@ SHUTDOWN = Section([
              "keep-alive connections of a client's pool count)"),
     Field("grace_period", Duration(positive=True),
           doc="the pod's terminationGracePeriodSeconds: a longer shutdown budget is refused"),
+    optional("endpoints", ENDPOINTS,
+             "end the drain once the pod has left its Services' EndpointSlices (never before min, never after "
+             "drain_delay); needs RBAC to list and watch endpointslices, see docs/shutdown.md"),
 ], ShutdownConfig)
 AGENT = Section([
     Field("max_loop_lag", Duration(positive=True), doc="/agent/livez fails when the event loop lags more than this"),
@@ -290,6 +343,9 @@ def load_tree(tree: Any, env: Mapping[str, str], *, app_is_child: bool = False) 
         problems.add("shutdown.grace_period",
                      f"the shutdown budget ({parts} = {shutdown.budget:g}s) is longer than grace_period "
                      f"{shutdown.grace_period:g}s: the kubelet would SIGKILL the pod mid-sequence")
+    if shutdown.endpoints is not None and shutdown.endpoints.min > shutdown.drain_delay:
+        problems.add("shutdown.endpoints.min", f"min {shutdown.endpoints.min:g}s is longer than drain_delay "
+                     f"{shutdown.drain_delay:g}s, which stays the longest drain")
     problems.raise_if_any()
     return Config(listen=values["listen"], log=values["log"] or LogConfig(), admin=admin, app=app,
                   checks=tuple(specs), shutdown=shutdown, agent=values["agent"] or AgentLimits(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,13 @@ class InjectError(Exception):
         self.path = path
 
 
+class Drain(enum.Enum):
+    """How the injected agent ends the drain: `--drain` and the annotation sidecar-agent.io/drain."""
+
+    TIMER = "timer"  # drain_delay; the app's preStop sleeps it (>= 1.30)
+    ENDPOINTS = "endpoints"  # when the pod has left its EndpointSlices; the app's preStop waits on /prestop/wait
+
+
 @dataclass(frozen=True)
 class Options:
     image: str = IMAGE
@@ -24,6 +32,7 @@ class Options:
     # from: both are recorded in the status annotation.
     kubernetes_version: tuple[int, int] = DEFAULT_KUBERNETES
     kubernetes_source: Source = Source.DEFAULT
+    drain: Drain = Drain.TIMER  # a pod template's sidecar-agent.io/drain annotation overrides it
 
 
 @dataclass(frozen=True)

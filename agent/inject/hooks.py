@@ -34,17 +34,26 @@ def agent_pre_stop(native: bool) -> dict[str, Any] | None:
     return {"exec": {"command": ["sidecar-agent", "stop"]}} if native else None
 
 
-def app_pre_stop(version: tuple[int, int], checks: Sequence[str] = ()) -> dict[str, Any]:
-    """The app container's hook: hold its SIGTERM until the drain is over.
+def app_pre_stop(version: tuple[int, int], checks: Sequence[str] = (), *, wait: bool = False) -> dict[str, Any]:
+    """The app container's hook: hold its SIGTERM until the drain is over. `wait`: the drain's length is not known
+    in advance (it follows the EndpointSlices), so the hook asks the agent rather than sleeping.
 
     The kubelet also runs it when it kills this one container for a failed liveness or startup probe: `?check=NAME`
     names the container's own checks (its probes ask /livez/NAME, /startupz/NAME), so that the agent answers such a
     hook at once rather than hold the restart (a `sleep` cannot tell, and holds it for the drain).
     """
-    if version >= versions.SLEEP_ACTION:
+    if version >= versions.SLEEP_ACTION and not wait:
         return {"sleep": {"seconds": DRAIN_SECONDS}}
     query = "&".join(f"check={name}" for name in checks)  # check names are letters, digits, '.', '_', '-'
     return {"httpGet": {"path": WAIT_PATH + (f"?{query}" if query else ""), "port": LISTEN_PORT}}
+
+
+# The downward API's pod identity, which the agent's EndpointSlice watch needs (shutdown.endpoints).
+DOWNWARD_ENV = (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"), ("POD_IPS", "status.podIPs"))
+
+
+def downward_env() -> list[dict[str, Any]]:
+    return [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in DOWNWARD_ENV]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from agent import __version__
 from agent.config import ANY_HOST
 from agent.inject import container as agent_spec
 from agent.inject import hooks, probes, settings
-from agent.inject.api import InjectError, Options, Outcome
+from agent.inject.api import Drain, InjectError, Options, Outcome
 from agent.inject.edits import Editor, Path, plain, undo, walk
 from agent.kube import kubelet_env, versions
 from agent.kube.facts import DEFAULT_GRACE_PERIOD, GRACE_MARGIN_SECONDS
@@ -23,6 +23,7 @@ from agent.units import format_address
 
 STATUS = "sidecar-agent.io/status"
 OPT_OUT = "sidecar-agent.io/inject"
+DRAIN = "sidecar-agent.io/drain"
 STATUS_WHERE = f'metadata.annotations["{STATUS}"]'
 JOBS = ("Job", "CronJob")
 CHECK_NAME = re.compile(r"[^A-Za-z0-9_.-]")
@@ -83,7 +84,8 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     except QuantityError as exc:
         raise InjectError(f"spec.{exc}", ("spec", *exc.path)) from None
     guaranteed = before is QosClass.GUARANTEED and not pod_level(result["spec"])
-    hooks_or_refusal = [] if job else _pre_stops(result["spec"], version)
+    endpoints = not job and _drain(result, options) is Drain.ENDPOINTS
+    hooks_or_refusal = [] if job else _pre_stops(result["spec"], version, endpoints)
     if isinstance(hooks_or_refusal, str):
         return _skip(result, hooks_or_refusal)
     edit = Editor(result)
@@ -96,8 +98,8 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     extra = settings.annotation_checks(_mapping(result.get("metadata"), "annotations"))
     generated, kept, own = _probes(edit, spec, job, notes)
     for base, hook, note in hooks_or_refusal:
-        if hook == hooks.app_pre_stop(version) and own.get(base[-1]):
-            hook = hooks.app_pre_stop(version, own[base[-1]])
+        if hook == hooks.app_pre_stop(version, wait=endpoints) and own.get(base[-1]):
+            hook = hooks.app_pre_stop(version, own[base[-1]], wait=endpoints)
         if note:
             notes.append(note)
         if hook is not None:
@@ -125,8 +127,15 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
                          "Job completes")
     config.update({"checks": checks, "shutdown": {"drain_delay": f"{drain}s", "relay_signal": False,
                                                   "grace_period": f"{grace}s"}})
+    if endpoints:
+        config["shutdown"]["endpoints"] = {"enabled": "auto"}
+        if spec.get("automountServiceAccountToken") is False:
+            notes.append("automountServiceAccountToken is false: without a token the agent drains for drain_delay, "
+                         "not until the pod has left its EndpointSlices (docs/shutdown.md)")
     settings.validate(config, generated, extra)
     env = settings.copied_env(settings.variables(extra), spec["containers"])
+    if endpoints:
+        env += hooks.downward_env()
     text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
     agent = agent_spec.agent_container(options.image, kubelet_env.escape(text), env, native=native,
                                        pre_stop=None if job else hooks.agent_pre_stop(native), guaranteed=guaranteed)
@@ -139,6 +148,8 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     status = {"version": __version__, "kubernetes": f"{version[0]}.{version[1]}",
               "kubernetes_from": options.kubernetes_source.value,
               "sidecar": mode.sidecar, "checks": list(checks), "kept": kept, "edits": edit.record}
+    if endpoints:
+        status["drain"] = Drain.ENDPOINTS.value
     result["metadata"]["annotations"][STATUS] = json.dumps(status, separators=(",", ":"))
     return Outcome(result, True, notes)
 
@@ -178,14 +189,28 @@ def _probes(edit: Editor, spec: dict[str, Any], job: bool,
     return generated, kept, own
 
 
-def _pre_stops(spec: Mapping[str, Any], version: tuple[int, int]) -> list[tuple[Path, dict[str, Any] | None, str | None]] | str:
+def _drain(template: Mapping[str, Any], options: Options) -> Drain:
+    """The pod template's sidecar-agent.io/drain annotation, else the option."""
+    value = _mapping(_mapping(template, "metadata"), "annotations").get(DRAIN)
+    if value is None:
+        return options.drain
+    try:
+        return Drain(str(value).strip().lower())
+    except ValueError:
+        raise InjectError(f'metadata.annotations["{DRAIN}"]: expected one of '
+                          f"{', '.join(d.value for d in Drain)}, got {str(value)[:40]!r}",
+                          ("metadata", "annotations", DRAIN)) from None
+
+
+def _pre_stops(spec: Mapping[str, Any], version: tuple[int, int],
+               wait: bool = False) -> list[tuple[Path, dict[str, Any] | None, str | None]] | str:
     """Each app container's preStop hook to write (None: keep its own) with a note, or why the pod cannot be injected."""
     planned: list[tuple[Path, dict[str, Any] | None, str | None]] = []
     for index, c in enumerate(spec["containers"]):
         base: Path = ("spec", "containers", index)
         hook = _mapping(c, "lifecycle").get("preStop")
         if hook is None:
-            planned.append((base, hooks.app_pre_stop(version), None))
+            planned.append((base, hooks.app_pre_stop(version, wait=wait), None))
             continue
         plan = hooks.existing(hook if isinstance(hook, Mapping) else {})
         if plan.refuse:

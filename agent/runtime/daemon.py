@@ -11,6 +11,7 @@ import resource
 import signal
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from agent.checks import CheckContext
 from agent.config import Config, ShutdownConfig, StopScope
@@ -29,6 +30,9 @@ from agent.runtime.status import iso, status_document
 from agent.runtime.tasks import TaskKind, Tasks
 from agent.runtime.threads import install_default_executor, run_internal
 from agent.runtime.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from agent.kube.endpoints_client import EndpointsWatch
 
 log = logging.getLogger("agent")
 
@@ -76,8 +80,16 @@ class Agent:
         self.watchdog = Watchdog(self.metrics.loop_lag, clock,
                                  on_failure=lambda exc: self.tasks.failed(TaskKind.WATCHDOG, "watchdog", exc))
         self.engine.on_result(self._maybe_running)
+        self.endpoints: EndpointsWatch | None = None
+        if config.shutdown.follows_endpoints:
+            assert config.shutdown.endpoints is not None
+            from agent.kube import endpoints_client  # only with the feature: nothing more is imported otherwise
+
+            self.endpoints = endpoints_client.build(config.shutdown.endpoints, os.environ, clock=clock,
+                                                    on_live=lambda live: self.metrics.endpoints_up.set(float(live)))
         self.shutdown = Shutdown(self.health, self._shutdown_config(config), self.child or self.app,
-                                 on_outcome=self.metrics.count_shutdown, clock=clock, tasks=self.tasks)
+                                 on_outcome=self.metrics.count_shutdown, on_drain=self.metrics.observe_drain,
+                                 endpoints=self.endpoints, clock=clock, tasks=self.tasks)
         self.server = ProbeServer(self.health, self.metrics, status=self.status, agent_live=self.agent_problems,
                                   heartbeats=self.heartbeats, controls=self, token=config.admin.token, clock=clock,
                                   tasks=self.tasks)
@@ -111,12 +123,15 @@ class Agent:
         shutdown = None if report.trigger is None else {
             "trigger": report.trigger, "started": iso(report.started), "outcome": report.outcome,
             "error": report.error, "signalled_after_seconds": report.signalled_after,
+            "drained_after_seconds": report.drained_after, "drain_ended_by": report.drain_ended_by,
+            "pod_deleted": report.pod_deleted,
             "exit": "on SIGTERM" if self.until_sigterm else "when stopped",
             "waiting_for_sigterm_since": iso(self.holding_since)}
         extra: dict[str, object] = {"mode": "exec" if self.child else "run", "shutdown": shutdown,
                                     "prestop_hooks_held": self.server.hooks_held,
                                     "container_restarts": {"count": self.restarts, "last": self.last_restart},
-                                    "agent": self.own_state()}
+                                    "agent": self.own_state(),
+                                    "endpoints": None if self.endpoints is None else self.endpoints.document()}
         if self.child is not None:
             extra["app_exit_code"] = self.child.exit_code
         return status_document(self.health, self.app, self.clock(), started_wall=self.started_wall, tree=tree,
@@ -151,6 +166,21 @@ class Agent:
             event(log, logging.INFO, f"{reason}: after the shutdown sequence the agent serves on until its SIGTERM, "
                   "which the kubelet sends once the app containers have exited", exit="on SIGTERM")
         self.shutdown.trigger(reason)
+
+    async def pod_deleted(self) -> bool | None:
+        """Whether the API shows the pod's deletionTimestamp (None without API access); kept in the report.
+
+        True tells a pod deletion from a container restart (a liveness or startup kill runs the hook too); False
+        alone does not prove a restart (a node shutdown or an eviction sets no deletionTimestamp first)."""
+        if self.endpoints is None:
+            return None
+        deleted = await self.endpoints.pod_deleted()
+        if deleted is not None and self.shutdown.report.pod_deleted is None:
+            self.shutdown.report.pod_deleted = deleted
+            event(log, logging.INFO, "the API shows the pod's deletion" if deleted else
+                  "the API shows no deletion of the pod (a container restart, a node shutdown or an eviction)",
+                  pod_deleted=deleted)
+        return deleted
 
     def container_restart(self, hook: str, reason: str) -> None:
         """A preStop hook that came for one container's restart (a failed probe): logged and counted, nothing else."""
@@ -202,6 +232,9 @@ class Agent:
         notes = [f"{key} changed: restart the agent to apply it" for key, same in (
             ("listen", new.listen == old.listen), ("app", new.app == old.app),
             ("agent", new.agent == old.agent)) if not same]
+        if new.shutdown.endpoints != old.shutdown.endpoints:
+            notes.append("shutdown.endpoints changed: restart the agent to apply it")
+            new = dataclasses.replace(new, shutdown=dataclasses.replace(new.shutdown, endpoints=old.shutdown.endpoints))
         if new.shutdown != old.shutdown:
             if self.shutdown.running:
                 notes.append("shutdown changed, but the shutdown already runs: kept the old settings")
@@ -269,6 +302,8 @@ class Agent:
             event(log, logging.INFO, f"started the app: {self.child.description}", pid=pid)
             self.child.exited.add_done_callback(lambda _: self._app_exited())
         self.engine.start()
+        if self.endpoints is not None:
+            self.endpoints.start(self.tasks)
         if self.app is not None:
             self._watcher = self.tasks.start(self._watch_app(), TaskKind.APP_WATCHER, "app-watcher")
 
@@ -277,6 +312,8 @@ class Agent:
         4. close the listener, 5. stop the watchdog, 6. make sure the child (exec mode) is gone and reaped,
         7. cancel and await any task still running."""
         await self.shutdown.close()
+        if self.endpoints is not None:
+            await self.endpoints.close()
         for task in list(self._reloads):
             await self.tasks.cancel(task)
         if self.health.lifecycle.phase is not Phase.STOPPED:

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 
 from agent.config import CheckSpec
+from agent.kube.drain import EndedBy
 from agent.probes import Probe
 from agent.process.monitor import AppMonitor
 from agent.runtime.health import Health, Outcome, Result
@@ -19,6 +20,7 @@ from agent.runtime.phases import Phase
 from agent.runtime.shutdown import ShutdownOutcome
 from agent.runtime.tasks import TaskKind
 
+DRAIN_BUCKETS = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -51,6 +53,12 @@ METRICS: dict[str, MetricDef] = {m.name: m for m in (
     MetricDef("sidecar_app_open_fds", "gauge", "Open file descriptors of the app process."),
     MetricDef("sidecar_shutdown_outcome_total", "counter", "How shutdown sequences ended (each outcome is explained "
               "in docs/shutdown.md).", ("outcome",)),
+    MetricDef("sidecar_shutdown_drain_seconds", "histogram", "How long each drain lasted, from the stop's trigger to "
+              "its end (before any wait for connections), by what ended it: endpoints (the pod left its EndpointSlices, "
+              "plus the margin), min, or timer (drain_delay).", ("ended_by",)),
+    MetricDef("sidecar_shutdown_endpoints_up", "gauge", "1 while the agent watches the pod's EndpointSlices and the "
+              "drain follows them; 0 when the drain is the timer (shutdown.endpoints off, or no API access: see "
+              "/status)."),
     MetricDef("sidecar_poller_restarts_total", "counter", "Check pollers that died and were restarted.", ("check",)),
     MetricDef("sidecar_event_loop_lag_seconds", "gauge", "How late the agent's event loop woke up, "
               "the worst of the last few seconds."),
@@ -66,6 +74,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "phase": tuple(p.value for p in Phase),
     "outcome": tuple(ShutdownOutcome),
     "task": tuple(k.value for k in TaskKind),
+    "ended_by": tuple(e.value for e in EndedBy),
 }
 
 
@@ -151,6 +160,12 @@ class Metrics:
             self.task_failures.labels(kind.value)
         for outcome in ShutdownOutcome:
             self.shutdowns.labels(outcome.value)
+        drain = METRICS["sidecar_shutdown_drain_seconds"]
+        self.drain_seconds = Histogram(drain.name, drain.help, drain.labels, registry=r, buckets=DRAIN_BUCKETS)
+        for ended_by in EndedBy:
+            self.drain_seconds.labels(ended_by.value)
+        endpoints_up = METRICS["sidecar_shutdown_endpoints_up"]
+        self.endpoints_up = Gauge(endpoints_up.name, endpoints_up.help, registry=r)
         self._children: dict[str, _CheckChildren] = {}
         self._init_children(health.specs)
         self._probe_children: dict[tuple[str, int], Counter] = {(p, code): self.probe_requests.labels(p, str(code))
@@ -190,6 +205,9 @@ class Metrics:
 
     def count_task_failure(self, kind: TaskKind) -> None:
         self.task_failures.labels(kind.value).inc()
+
+    def observe_drain(self, ended_by: EndedBy, seconds: float) -> None:
+        self.drain_seconds.labels(ended_by.value).observe(seconds)
 
     def count_probe(self, probe: str, code: int) -> None:
         child = self._probe_children.get((probe, code))

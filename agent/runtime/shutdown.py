@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.config import ShutdownConfig, StopScope
+from agent.kube.drain import EndedBy, Ending, timer
 from agent.logs import event
 from agent.process.tree import Member, describe, signal_each
 from agent.runtime.health import Health
@@ -79,6 +80,14 @@ class AppTarget(Protocol):
     async def wait_exit(self, timeout: float) -> bool: ...
 
 
+class DrainSource(Protocol):
+    """What decides the drain's end beside the timer (agent.kube.endpoints_client.EndpointsWatch)."""
+
+    def ending(self, started: float, drain_delay: float) -> Ending: ...
+
+    def changed(self) -> asyncio.Event: ...
+
+
 @dataclass
 class Report:
     """What the sequence did, for /status and the logs."""
@@ -88,6 +97,9 @@ class Report:
     outcome: ShutdownOutcome | None = None
     error: str | None = None
     signalled_after: float | None = None  # seconds from the trigger to the stop signal
+    drained_after: float | None = None  # seconds from the trigger to the drain's end (before any connection wait)
+    drain_ended_by: str | None = None  # endpoints, timer or min
+    pod_deleted: bool | None = None  # what the API showed when /prestop asked (None: not asked, or no answer)
 
 
 ESTABLISHED = "01"  # the state column of /proc/net/tcp
@@ -119,10 +131,13 @@ class Shutdown:
 
     def __init__(self, health: Health, config: ShutdownConfig, target: AppTarget | None, *,
                  on_outcome: Callable[[ShutdownOutcome], None] = lambda outcome: None,
+                 on_drain: Callable[[EndedBy, float], None] = lambda ended_by, seconds: None,
                  connections: Callable[[int], int] = established_connections,
+                 endpoints: DrainSource | None = None,
                  clock: Callable[[], float] = time.monotonic, tasks: Tasks | None = None) -> None:
         self.health, self.config, self.target = health, config, target
-        self.on_outcome, self.connections, self.clock = on_outcome, connections, clock
+        self.on_outcome, self.on_drain, self.connections, self.clock = on_outcome, on_drain, connections, clock
+        self.endpoints = endpoints
         self.tasks = tasks or Tasks()
         self.report = Report()
         self.drained = asyncio.Event()  # readiness has failed for the whole drain
@@ -202,7 +217,15 @@ class Shutdown:
                   trigger=reason)
             self._finish(ShutdownOutcome.GONE)
             return
-        event(log, logging.INFO, f"shutdown started by {reason}: draining for {format_duration(cfg.drain_delay)}"
+        ends = f"for {format_duration(cfg.drain_delay)}"
+        if self.endpoints is not None and cfg.endpoints is not None:
+            ending = self._ending()
+            if ending.ended_by is EndedBy.TIMER and ending.why.startswith("the EndpointSlices are not followed"):
+                ends += f" ({ending.why})"
+            else:
+                ends = (f"until the pod has left its EndpointSlices plus {format_duration(cfg.endpoints.margin)} (at "
+                        f"least {format_duration(cfg.endpoints.min)}, at most {format_duration(cfg.drain_delay)})")
+        event(log, logging.INFO, f"shutdown started by {reason}: draining {ends}"
               + (f" and until port {cfg.drain_connections.port} has no connections (at most "
                  f"{format_duration(cfg.drain_connections.timeout)})" if cfg.drain_connections else ""),
               trigger=reason)
@@ -223,27 +246,40 @@ class Shutdown:
         self._enter(Phase.STOPPING, f"sending {cfg.stop_signal} to the app")
         await self._stop_app(target)
 
+    def _ending(self) -> Ending:
+        started, delay = self._started_at, self.config.drain_delay
+        return timer(started, delay) if self.endpoints is None else self.endpoints.ending(started, delay)
+
+    async def _wait_drain_end(self) -> None:
+        """3a. Wait for the drain's end as decided now, deciding again at each change the EndpointSlices show."""
+        while not self.hurry.is_set():
+            ending, now = self._ending(), self.clock()
+            if now >= ending.at:
+                seconds = round(now - self._started_at, 6)
+                self.report.drained_after, self.report.drain_ended_by = seconds, ending.ended_by.value
+                self.on_drain(ending.ended_by, seconds)
+                if self.endpoints is not None:  # without them the drain is the timer, as the start line said
+                        event(log, logging.INFO, f"drain over after {format_duration(round(seconds, 3))}: {ending.why}",
+                          drain_ended_by=ending.ended_by.value)
+                return
+            await self._pause(ending.at - now, None if self.endpoints is None else self.endpoints.changed())
+
     async def _drain(self) -> None:
-        """Wait out drain_delay and, beside it, for the app's connections to end; never past either deadline."""
-        cfg = self.config
-        conns = cfg.drain_connections
-        delay_end = self._started_at + cfg.drain_delay
+        """Wait for the drain's end (drain_delay, or what the EndpointSlices show) and then, until its timeout, for
+        the app's connections to end; never past either deadline."""
+        await self._wait_drain_end()
+        conns = self.config.drain_connections
         conns_end = self._started_at + (conns.timeout if conns else 0.0)
         left: int | None = None  # the last count that finished: a count cut off by the deadline says nothing new
-        while not self.hurry.is_set():
+        while conns is not None and not self.hurry.is_set():
             now = self.clock()
-            if now >= delay_end:
-                if conns is None or now >= conns_end:
-                    break
-                counted = await self._count(conns.port, conns_end - now)
-                left = left if counted is None else counted
-                if left == 0:
-                    break
-                now = self.clock()
-                if now >= conns_end:
-                    break
-            wait = delay_end - now if now < delay_end else min(POLL, conns_end - now)
-            await self._pause(max(0.0, wait))
+            if now >= conns_end:
+                break
+            counted = await self._count(conns.port, conns_end - now)
+            left = left if counted is None else counted
+            if left == 0 or self.clock() >= conns_end:
+                break
+            await self._pause(max(0.0, min(POLL, conns_end - self.clock())))
         if conns is not None and left != 0 and self.clock() >= conns_end and not self.hurry.is_set():
             if left is None:
                 event(log, logging.WARNING, f"the connections on port {conns.port} could not be counted within "
@@ -374,9 +410,19 @@ class Shutdown:
                 await self.tasks.cancel(task)
         return work.done() and not work.cancelled() and work.exception() is None and bool(work.result())
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.hurry.wait(), seconds)
+    async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        """Sleep `seconds`, or less when told to hurry or when `wake` is set."""
+        if wake is None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.hurry.wait(), seconds)
+            return
+        waits = [asyncio.ensure_future(self.hurry.wait()), asyncio.ensure_future(wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
     def _enter(self, phase: Phase, reason: str) -> None:
         lifecycle = self.health.lifecycle

@@ -33,6 +33,8 @@ class TaskKind(enum.StrEnum):
     WATCHDOG = ("watchdog", "the event loop's lag measurement; /agent/livez fails from then on and the agent exits 1")
     RELOAD = ("reload", "a config reload; it is answered as failed and the agent goes on")
     SERVER = ("server", "a request handler of the listener; the request is answered 500 and the agent goes on")
+    ENDPOINTS = ("endpoints_watch", "the EndpointSlice watch (shutdown.endpoints); the drain is the timer from then "
+                 "on, and /status says why")
 
     def __new__(cls, value: str, description: str) -> TaskKind:
         member = str.__new__(cls, value)

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from agent import IMAGE
-from agent.config import load
+from agent.config import EndpointsMode, load
 from agent.inject import InjectError, Options, inject_template, remove_template
+from agent.inject.api import Drain
 from agent.kube import kubelet_env
 
 TEMPLATE = """
@@ -202,3 +203,38 @@ def test_remove_refuses_a_record_that_no_longer_fits() -> None:
 def test_an_annotation_check_under_liveness_is_said_to_restart_nothing() -> None:
     out = inject_template(template("own:\n  type: tcp\n  address: 127.0.0.1:9000\n  probes: [liveness]\n"), Options())
     assert any("check own" in n and "restarts nothing" in n for n in out.notes)
+
+
+def test_drain_endpoints_adds_the_pods_identity_and_a_hook_that_waits_on_the_agent() -> None:
+    out = inject_template(template(), Options(kubernetes_version=(1, 33), drain=Drain.ENDPOINTS)).template["spec"]
+    agent = out["initContainers"][0]
+    assert {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"] if "valueFrom" in e} == {
+        "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "POD_IPS": "status.podIPs"}
+    # Each hook names its container's own checks, so a liveness kill is answered at once.
+    assert [c["lifecycle"]["preStop"]["httpGet"]["path"] for c in out["containers"]] == [
+        "/prestop/wait?check=web-liveness&check=web-startup", "/prestop/wait?check=worker-liveness"]
+    shutdown = load(config_of(out), {}).shutdown
+    assert shutdown.endpoints is not None and shutdown.endpoints.enabled is EndpointsMode.AUTO
+    # The timer's injection sleeps instead, and its agent has no pod identity.
+    timed = inject_template(template(), Options(kubernetes_version=(1, 33))).template["spec"]
+    assert timed["containers"][0]["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    assert load(config_of(timed), {}).shutdown.endpoints is None
+
+
+def test_the_drain_annotation_overrides_the_option_and_a_bad_one_is_refused() -> None:
+    t = template()
+    t["metadata"]["annotations"] = {"sidecar-agent.io/drain": "timer"}
+    out = inject_template(t, Options(kubernetes_version=(1, 33), drain=Drain.ENDPOINTS)).template["spec"]
+    assert load(config_of(out), {}).shutdown.endpoints is None
+    t["metadata"]["annotations"] = {"sidecar-agent.io/drain": "endpoint"}
+    with pytest.raises(InjectError, match=r'metadata.annotations\["sidecar-agent.io/drain"\]: expected one of '
+                                          r"timer, endpoints, got 'endpoint'") as caught:
+        inject_template(t, Options())
+    assert caught.value.path == ("metadata", "annotations", "sidecar-agent.io/drain")
+
+
+def test_drain_endpoints_without_a_token_says_the_drain_stays_the_timer() -> None:
+    t = template()
+    t["spec"]["automountServiceAccountToken"] = False
+    notes = inject_template(t, Options(drain=Drain.ENDPOINTS)).notes
+    assert any(n.startswith("automountServiceAccountToken is false") for n in notes), notes

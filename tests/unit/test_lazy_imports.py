@@ -26,3 +26,30 @@ def test_an_unknown_type_still_reads_the_registry_and_suggests_a_name() -> None:
         assert "unknown check type 'htp'; did you mean 'http'?" in str(exc)
     else:
         raise AssertionError("an unknown check type was accepted")
+
+
+BUILDS_AN_AGENT = """
+import asyncio, sys
+from agent.config import load
+from agent.logs import Scrubber
+from agent.runtime.daemon import Agent
+
+async def main():
+    Agent(load(sys.argv[1], {}), Scrubber())
+
+asyncio.run(main())
+print(sorted(m for m in ("agent.kube.endpoints_client", "agent.kube.endpoints_state") if m in sys.modules))
+"""
+
+
+def agent_modules(config: str) -> str:
+    done = subprocess.run([sys.executable, "-c", BUILDS_AN_AGENT, config], capture_output=True, text=True, timeout=60,
+                          check=True, env={"PATH": "/usr/bin:/bin"})
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_the_endpoints_watch_is_imported_only_when_the_config_asks_for_it() -> None:
+    assert agent_modules("shutdown: {drain_delay: 5s}") == "[]"
+    assert agent_modules("shutdown: {drain_delay: 5s, endpoints: {enabled: false}}") == "[]"
+    assert agent_modules("shutdown: {drain_delay: 5s, endpoints: {enabled: auto}}") == \
+        "['agent.kube.endpoints_client', 'agent.kube.endpoints_state']"
