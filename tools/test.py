@@ -8,7 +8,11 @@ On a new Debian machine (as root) it installs what the tests need, starts it and
 3. Redis on 127.0.0.1:6379 and [::1]:6379, with no persistence;
 4. the checkout readable by uid 65532, the image's user, which `tests/deploy/test_security.py` runs the agent as;
 5. `.venv` with `pip install -e '.[dev]'` (again only when `pyproject.toml` changed);
-6. `pytest` with the arguments given (under coverage with `--coverage`, then the combined report).
+6. `pytest` with the arguments given (under coverage with `--coverage`, then the combined report);
+7. with no test path among the arguments (the whole suite), then the cluster tests: `pytest tests/cluster`, a
+   real one-node Kubernetes that tools/cluster.py builds (once per version, cached in ~/.cache/sidecar-agent),
+   starts and tears down. They run after the rest, never beside it: their pods are real processes of this
+   machine, which the other tests' process lookups would see.
 
 Each step first looks and changes only what is missing, so a second run changes nothing and starts nothing
 twice. The PostgreSQL and Redis servers it starts keep running after the tests (the next run finds them up);
@@ -259,7 +263,14 @@ def main(argv: list[str]) -> int:
         open_checkout()
     if setup_only:
         return 0
-    return run_tests(argv, coverage)
+    code = run_tests(argv, coverage)
+    if any(not arg.startswith("-") for arg in argv):
+        return code
+    if shutil.which("go") is None:
+        say("the cluster tests need Go (the machine's toolchain) to build Kubernetes")
+        return code or 1
+    say("the cluster tests (tests/cluster)")
+    return subprocess.call([str(PYTHON), "-m", "pytest", *argv, "tests/cluster"], cwd=ROOT) or code
 
 
 if __name__ == "__main__":
