@@ -58,7 +58,7 @@ from bench_probes import Load, parse_wrk  # noqa: E402
 from agent.testing import AgentProcess, run_agent  # noqa: E402
 from tests.reliability.test_faults import Restart, every_kind_of_check, runs, watch_restart  # noqa: E402
 from tests.reliability.test_http_robustness import SlowClients  # noqa: E402
-from tests.servers import accepting_port, free_port, redis_server  # noqa: E402
+from tests.servers import accepting_port, free_port_below_ephemeral, redis_server  # noqa: E402
 
 STAND_IN_APP = ROOT / "tests" / "apps" / "app.py"
 HOST = "127.0.0.1"
@@ -282,7 +282,7 @@ def restarts(count: int, folder: Path) -> list[Restart]:
                           "checks:\n"
                           "  proc: {type: process, interval: 1s, probes: [liveness, readiness, startup]}\n"
                           f"  web: {{type: http, url: 'http://{HOST}:{web}/healthz', interval: 1s, probes: [readiness]}}\n")
-        port = free_port()
+        port = free_port_below_ephemeral()  # a probe never meets itself on it (TCP self-connect)
         for index in range(count + 1):  # the first start is not a restart
             proc, restart = watch_restart(config, port, folder / "restart.log")
             try:

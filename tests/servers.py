@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -17,6 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import pytest
+
+
+def own_address() -> str:
+    """An IPv4 address of this machine that is not loopback: admin calls from it are not from loopback.
+
+    A machine without one fails the test that needs it, with the reason: the check never silently disappears.
+    """
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not address.address.startswith("127."):
+                return str(address.address)
+    pytest.fail("this machine has no non-loopback IPv4 address to send admin calls from")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -50,6 +64,22 @@ class Certs:
         return key, cert
 
 
+def free_port_below_ephemeral() -> int:
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range, which no client connection takes as its
+    source port: a client that connects again and again while nothing listens cannot meet itself (TCP self-connect)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+        low = int(handle.read().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 10000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port below {low}")
+
+
 @contextmanager
 def accepting_port() -> Iterator[int]:
     """A loopback TCP port that accepts every connection and closes it (a listener that never accepts fills its
@@ -76,6 +106,26 @@ def accepting_port() -> Iterator[int]:
         stop.set()
         thread.join(5)
         server.close()
+
+
+def read_by_server(client: socket.socket) -> bool:
+    """Whether the server end of CLIENT's TCP connection was accepted and has read everything CLIENT sent.
+
+    The kernel's table (/proc/net/tcp, tcp6) gives each socket's receive queue: the server's end of the connection
+    is the line whose local address is CLIENT's peer and whose remote address is CLIENT; an empty queue there
+    means the server's process has read the request, an event a test can wait for instead of sleeping.
+    """
+    def hexed(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
+        return f"{address[1]:04X}"
+
+    local, peer = hexed(client.getsockname()), hexed(client.getpeername())
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as handle:
+            for line in list(handle)[1:]:
+                fields = line.split()
+                if fields[1].endswith(":" + peer) and fields[2].endswith(":" + local):
+                    return int(fields[4].split(":")[1], 16) == 0
+    return False
 
 
 def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:

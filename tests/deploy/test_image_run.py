@@ -53,7 +53,7 @@ exec chroot --userspec="$userspec" --groups="${userspec#*:}" "$root" "$@"
 def tool(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if not found:
-        pytest.fail(f"{name} is missing: apt-get install buildah podman debootstrap (.ci/run installs them)")
+        pytest.fail(f"{name} is missing: apt-get install buildah podman debootstrap (tools/test.py installs them)")
     return found
 
 

@@ -17,6 +17,7 @@ import pytest
 from kubernetes_validate import utils as kube
 
 import agent
+from agent.lint.rules_probes import AGENT_RESTART_SECONDS  # the agent's restart window, as lint computes it
 from agent.units import parse_duration
 from tests.deploy.crds import SCHEMAS
 from tests.deploy.manifests import (
@@ -45,9 +46,6 @@ IDS = [w.name for w in WORKLOADS]
 FOOTPRINT_MIB = {"base": 42, "redis": 48, "postgres": 46, "grpc": 59}
 AGENT_PATHS = {"livenessProbe": ["/agent/livez"], "readinessProbe": ["/agent/readyz"],
                "startupProbe": ["/agent/readyz", "/agent/livez"]}
-# How long the agent's port refuses connections after the agent crashes: the kubelet's 10 s restart back-off, plus
-# about 1.5 s to notice the exit and serve again.
-AGENT_RESTART_SECONDS = 11.5
 # Settings whose reason must be written next to them.
 EXPLAINED = {"shareProcessNamespace", "terminationGracePeriodSeconds", "restartPolicy", "preStop", "capabilities",
              "drain_delay", "stop_timeout", "grace_period", "exit_with_app", "match", "listen", "alert", "maxUnavailable",

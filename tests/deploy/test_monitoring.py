@@ -30,7 +30,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": 
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        pytest.fail("promtool is missing: apt-get install prometheus (.ci/run does)")
+        pytest.fail("promtool is missing: apt-get install prometheus (tools/test.py does)")
     return found
 
 

@@ -7,7 +7,8 @@
   Kubernetes does for a non-root container (bounding and inheritable sets, no ambient) changes nothing;
   root with nothing but KILL may. This is why the manifests run both containers as one user.
 
-These need root (to switch users and make a mount namespace); CI runs as root.
+These need root (to switch users and make a mount namespace) and a checkout the image's user can read: each fails,
+with the reason, where either is missing. tools/test.py runs as root and opens the checkout to uid 65532.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ LOCKED = ["--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-
 # in the ambient set, so it is gone once the process runs as a non-root user.
 KILL_ADDED = ["--clear-groups", "--inh-caps=-all,+kill", "--bounding-set=-all,+kill", "--no-new-privs"]
 ROOT_ONLY_KILL = ["--inh-caps=-all", "--bounding-set=-all,+kill", "--no-new-privs"]
+# Under `coverage run`, an agent as uid 65532 could not write its data (a read-only root, a checkout it may only
+# read): these agents are left unmeasured on purpose, said here and in docs/development.md, not lost in silence.
+UNMEASURED = {"COVERAGE_PROCESS_CONFIG": "", "COVERAGE_PROCESS_START": ""}
 
 
 def as_user(uid: int, caps: list[str]) -> list[str]:
@@ -55,8 +59,13 @@ def _why_not() -> str | None:
 
 
 WHY_NOT = _why_not()
-pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
-NO_MOUNT_NAMESPACE = WHY_NOT is None and subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0
+
+
+@pytest.fixture(autouse=True)
+def preconditions() -> None:
+    """Fail every test here, with the reason, on a machine that cannot run it (tools/test.py provides it)."""
+    if WHY_NOT is not None:
+        pytest.fail(WHY_NOT)
 
 
 @pytest.fixture
@@ -77,8 +86,9 @@ def write_config(folder: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.skipif(NO_MOUNT_NAMESPACE, reason="this machine refuses a mount namespace (unshare --mount)")
 def test_the_agent_runs_non_root_without_capabilities_on_a_read_only_filesystem(shared_dir: Path) -> None:
+    refused = subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True)
+    assert refused.returncode == 0, f"this machine refuses a mount namespace (unshare --mount): {refused.stderr}"
     regular = next(w for w in workloads() if w.doc["kind"] == "Deployment" and not w.native)
     context = {**regular.pod["securityContext"], **regular.agent["securityContext"]}
     assert (context["runAsUser"], context["readOnlyRootFilesystem"], context["capabilities"]) == \
@@ -95,7 +105,7 @@ def test_the_agent_runs_non_root_without_capabilities_on_a_read_only_filesystem(
         exec "$@"
     """)
     prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", read_only, "sh", *as_user(USER, LOCKED)]
-    env = {**regular.env(), "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/nonexistent"}
+    env = {**regular.env(), "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/nonexistent", **UNMEASURED}
     with run_agent(None, prefix=prefix, env=env, extra_args=["--config", str(config)]) as agent:
         agent.wait_status("/agent/readyz", 200)
         assert agent.get("/agent/livez") == (200, "ok\n")
@@ -126,7 +136,7 @@ def relay(folder: Path, agent_prefix: list[str], app_uid: int) -> tuple[str, int
         shutdown: {{drain_delay: 0s, stop_timeout: 1s, grace_period: 30s}}
     """))
     try:
-        with run_agent(None, prefix=agent_prefix, extra_args=["--config", str(config)]) as agent:
+        with run_agent(None, prefix=agent_prefix, env=UNMEASURED, extra_args=["--config", str(config)]) as agent:
             agent.wait_for(lambda: agent.status()["app"]["found"])
             answer = agent.get("/prestop", timeout=20)[1].strip()
             agent.wait_exit()

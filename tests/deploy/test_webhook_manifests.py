@@ -214,14 +214,13 @@ ENABLED, ON, OFF = {"sidecar-agent.io/inject": "enabled"}, {"sidecar-agent.io/in
     ("shop", {}, OFF, False),
     ("kube-system", ENABLED, {}, False),
     ("kube-system", {}, ON, False),
-    ("sidecar-agent", ENABLED, ON, False),
+    (NAMESPACE, ENABLED, ON, False),
 ], ids=["enabled-namespace", "enabled-namespace-pod-opts-out", "enabled-namespace-pod-opts-in", "plain-namespace",
         "plain-namespace-pod-opts-in", "plain-namespace-pod-opts-out", "kube-system", "kube-system-pod-opts-in",
         "own-namespace"])
 def test_pods_are_selected_by_namespace_or_pod_label_and_reviewed_once(
         namespace: str, namespace_labels: dict[str, str], pod_labels: dict[str, str], reviewed: bool) -> None:
     assert len(entries_for(namespace, namespace_labels, pod_labels)) == (1 if reviewed else 0)
-    assert NAMESPACE == "sidecar-agent"
 
 
 def test_cert_manager_issues_for_the_services_name_and_injects_the_ca() -> None:
@@ -238,8 +237,10 @@ def make_certs(out: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-async def served_to_the_api_server(out: Path, bundle: bytes) -> bool:
-    """Serve the script's pair, connect as the API server does: trusting caBundle, checking the Service's name."""
+async def served_to_the_api_server(out: Path, bundle: bytes) -> list[str]:
+    """Serve the script's pair, connect as the API server does: trusting caBundle, checking the Service's name.
+
+    The DNS names of the certificate the client verified; a pair the API server would refuse raises instead."""
     server = WebhookServer(Certificates(str(out / "tls.crt"), str(out / "tls.key")), add_agent, (Refused,),
                            WebhookMetrics())
     await server.start("127.0.0.1", 0)
@@ -247,9 +248,10 @@ async def served_to_the_api_server(out: Path, bundle: bytes) -> bool:
         client = ssl.create_default_context(cadata=bundle.decode())
         _, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client,
                                                   server_hostname=f"{SERVICE['metadata']['name']}.{NAMESPACE}.svc")
+        names = [value for kind, value in writer.get_extra_info("peercert")["subjectAltName"] if kind == "DNS"]
         writer.close()
         await writer.wait_closed()
-        return True
+        return names
     finally:
         await server.close()
 
@@ -271,13 +273,13 @@ async def test_make_certs_writes_a_secret_and_a_ca_bundle_the_api_server_would_t
     bundles = {hook["clientConfig"]["caBundle"] for hook in registration["webhooks"]}
     assert len(bundles) == 1
     bundle = base64.b64decode(bundles.pop())
-    assert await served_to_the_api_server(out, bundle)
+    assert f"{SERVICE['metadata']['name']}.{NAMESPACE}.svc" in await served_to_the_api_server(out, bundle)
     # A second run renews the serving pair under the same CA: the caBundle already registered stays valid.
     first = (out / "tls.crt").read_bytes()
     make_certs(out)
     assert (out / "tls.crt").read_bytes() != first
     assert json.loads((out / "cabundle-patch.json").read_text()) == patch
-    assert await served_to_the_api_server(out, bundle)
+    assert f"{SERVICE['metadata']['name']}.{NAMESPACE}.svc" in await served_to_the_api_server(out, bundle)
 
 
 def test_make_certs_refuses_a_bad_lifetime(tmp_path: Path) -> None:

@@ -88,8 +88,11 @@ def test_an_http_check_flips_readiness_and_logs_once_per_transition(http_target)
         agent.wait_status("/readyz", 200)
         http_target.status = 500
         agent.wait_status("/readyz", 503, f"[-]api failed: HTTP 500 from {http_target.url}/healthz (expected 200-399)")
-        runs = agent.wait_for(lambda: agent.status()["checks"]["api"]["consecutive_failures"] >= 6)
-        assert runs
+        # It keeps running while failing, each run failing for the same reason, and readiness stays failed.
+        failing = agent.wait_for(lambda: (lambda c: c if c["consecutive_failures"] >= 6 else None)(agent.status()["checks"]["api"]))
+        assert (failing["state"], failing["last_result"]["result"]) == ("failing", "failure"), failing
+        assert failing["reason"] == f"HTTP 500 from {http_target.url}/healthz (expected 200-399)", failing
+        assert agent.get("/readyz")[0] == 503
         http_target.status = 204
         agent.wait_status("/readyz", 200)
         # /readyz can answer before the agent's log line about it has been read from its output: wait for it.
@@ -150,7 +153,7 @@ def test_an_exec_check_is_killed_with_its_children_at_the_timeout() -> None:
 
         def no_children() -> bool:
             return not psutil.Process(agent.proc.pid).children(recursive=True)
-        agent.wait_for(no_children, timeout=5)
+        agent.wait_for(no_children)
 
 
 def test_a_file_check_fails_when_the_heartbeat_file_gets_old(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -206,7 +209,7 @@ def test_metrics_carry_every_design_name_and_pass_promtool(http_target) -> None:
         assert 'sidecar_phase{phase="running"} 1.0' in text
         assert 'sidecar_probe_requests_total{code="200",probe="liveness"}' in text
         promtool = shutil.which("promtool")
-        assert promtool, "promtool is installed by .ci/run (Debian package prometheus)"
+        assert promtool, "promtool is installed by tools/test.py (Debian package prometheus)"
         lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
         assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint.stdout + lint.stderr
 

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from agent.checks import CheckContext, CheckFailure
@@ -59,11 +60,23 @@ async def test_a_refused_connection_fails_with_its_reason() -> None:
         await check.run()
 
 
+def connecting_to(port: int) -> int:
+    """How many TCP connections of this process to PORT are still in SYN_SENT (connect() under way)."""
+    return sum(1 for c in psutil.Process().net_connections("tcp")
+               if c.status == psutil.CONN_SYN_SENT and c.raddr and c.raddr[1] == port)
+
+
 async def test_a_connection_still_in_progress_is_waited_for_on_the_loop() -> None:
     with full_backlog() as port:
         check = TcpCheck(Params(("127.0.0.1", port)))
+        held = connecting_to(port)  # the backlog's own extra connects
         run = asyncio.create_task(check.run())
-        await asyncio.sleep(0.2)
+        # The check's SYN is out and unanswered (the backlog is full), and the loop has run other work since:
+        # a run that blocked or gave up would be done by now; one suspended on the socket is not.
+        while connecting_to(port) <= held and not run.done():
+            await asyncio.sleep(0.01)
+        for _ in range(20):
+            await asyncio.sleep(0)
         assert not run.done()  # suspended on the socket, not finished nor failed
         run.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -33,7 +33,7 @@ import pytest
 
 from agent.testing import AgentProcess, http_request, run_agent
 from tests.conftest import Target
-from tests.servers import accepting_port, free_port
+from tests.servers import accepting_port, free_port_below_ephemeral, own_address
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STAND_IN_APP = str(ROOT / "tests" / "apps" / "app.py")
@@ -88,12 +88,13 @@ def accepting() -> Iterator[int]:
         yield port
 
 
-def can_choose_pids() -> bool:
+def require_choosing_pids() -> None:
+    """Fail, with the reason, unless this process may set the kernel's last pid (root; tools/test.py runs as root)."""
     try:
         with open(NS_LAST_PID, "r+"):
-            return True
-    except OSError:
-        return False
+            return
+    except OSError as error:
+        pytest.fail(f"cannot write {NS_LAST_PID} to recycle a pid (needs root): {error}")
 
 
 def spawn_with_pid(command: list[str], pid: int) -> subprocess.Popen[bytes]:
@@ -179,9 +180,9 @@ def shut_down_and_check_the_stranger_was_left_alone(agent: AgentProcess, strange
     assert not any(f"pid {stranger.proc.pid}" in r["message"] and "SIGTERM" in r["message"] for r in outcome)
 
 
-@pytest.mark.skipif(not can_choose_pids(), reason=f"cannot write {NS_LAST_PID} to recycle a pid (needs root)")
 def test_an_unrelated_process_on_the_apps_recycled_pid_is_not_the_app_with_a_cmdline_match(
         apps: list[App], tmp_path: pathlib.Path) -> None:
+    require_choosing_pids()
     app = start_app(apps, tmp_path)
     config = (f"app: {{match: {{cmdline: '{app.marker}'}}}}\n"
               "checks: {proc: {type: process, interval: 100ms, failure_threshold: 1, probes: [liveness, startup]}}\n"
@@ -198,9 +199,9 @@ def test_an_unrelated_process_on_the_apps_recycled_pid_is_not_the_app_with_a_cmd
         shut_down_and_check_the_stranger_was_left_alone(agent, stranger)
 
 
-@pytest.mark.skipif(not can_choose_pids(), reason=f"cannot write {NS_LAST_PID} to recycle a pid (needs root)")
 def test_an_unrelated_process_on_the_apps_recycled_pid_is_not_the_app_with_a_stale_pidfile(
         apps: list[App], tmp_path: pathlib.Path) -> None:
+    require_choosing_pids()
     app = start_app(apps, tmp_path)
     pidfile = tmp_path / "app.pid"
     pidfile.write_text(f"{app.proc.pid}\n")  # written by the app after it started, as apps do
@@ -229,7 +230,7 @@ class Restart:
     answers: list[tuple[float, str, int]]
 
 
-def watch_restart(config: pathlib.Path, port: int, log: pathlib.Path, bound: float = 10.0) -> tuple[subprocess.Popen[bytes], Restart]:
+def watch_restart(config: pathlib.Path, port: int, log: pathlib.Path, bound: float = 30.0) -> tuple[subprocess.Popen[bytes], Restart]:
     """Start an agent on `port` and probe /livez and /readyz back to back (a new connection each) until both pass."""
     with open(log, "ab") as out:
         started = time.monotonic()
@@ -237,19 +238,24 @@ def watch_restart(config: pathlib.Path, port: int, log: pathlib.Path, bound: flo
                                 stdout=out, stderr=subprocess.STDOUT)
     answers: list[tuple[float, str, int]] = []
     first: dict[str, float] = {}
-    while len(first) < 2 or time.monotonic() - started < first["/readyz"] + 0.5:
-        assert time.monotonic() - started < bound, f"no correct answers within {bound}s: {answers[-4:]}"
-        assert proc.poll() is None, log.read_text()
-        for path in ("/livez", "/readyz"):
-            try:
-                code, _ = http_request(f"http://127.0.0.1:{port}{path}", timeout=2)
-            except OSError:
-                continue  # not listening yet
-            at = time.monotonic() - started
-            answers.append((at, path, code))
-            if code == 200:
-                first.setdefault(path, at)
-        time.sleep(0.002)
+    try:
+        while len(first) < 2 or time.monotonic() - started < first["/readyz"] + 0.5:
+            assert time.monotonic() - started < bound, f"no correct answers within {bound}s: {answers[-4:]}"
+            assert proc.poll() is None, log.read_text()
+            for path in ("/livez", "/readyz"):
+                try:
+                    code, _ = http_request(f"http://127.0.0.1:{port}{path}", timeout=2)
+                except OSError:
+                    continue  # not listening yet
+                at = time.monotonic() - started
+                answers.append((at, path, code))
+                if code == 200:
+                    first.setdefault(path, at)
+            time.sleep(0.002)
+    except BaseException:
+        proc.kill()  # the caller never gets it to stop
+        proc.wait()
+        raise
     return proc, Restart(first["/livez"], first["/readyz"], answers)
 
 
@@ -261,7 +267,9 @@ def test_the_agent_killed_and_restarted_rediscovers_the_app_and_answers_livez_th
                       "checks:\n"
                       "  proc: {type: process, interval: 1s, probes: [liveness, readiness, startup]}\n"
                       f"  web: {{type: http, url: '{http_target.url}/healthz', interval: 1s, probes: [readiness]}}\n")
-    port = free_port()
+    # Below the ephemeral range: probed back to back while nothing listens, a port in it could be picked as a
+    # probe's own source port, and the probe would connect to itself and hold the port the agent restarts on.
+    port = free_port_below_ephemeral()
     restarts: list[Restart] = []
     proc: subprocess.Popen[bytes] | None = None
     try:
@@ -280,8 +288,7 @@ def test_the_agent_killed_and_restarted_rediscovers_the_app_and_answers_livez_th
             proc.kill()
             proc.wait()
     for restart in restarts:
-        assert restart.livez_ok <= restart.readyz_ok, restart
-        assert restart.readyz_ok < 5.0, restart
+        assert restart.livez_ok <= restart.readyz_ok, restart  # how long it takes: bench/bench_reliability.py
         # Never a wrong answer: liveness never fails while the agent finds its feet, and readiness, once it
         # passed, stays passing (the app and its dependency were healthy all along).
         assert all(code == 200 for _, path, code in restart.answers if path == "/livez"), restart.answers
@@ -378,7 +385,7 @@ def hung_resolver() -> Iterator[list[str]]:
     from tests.integration.dns_server import private_mounts_work
 
     if not private_mounts_work():
-        pytest.skip("cannot bind-mount over /etc/resolv.conf in a private mount namespace here (needs root and unshare)")
+        pytest.fail("cannot bind-mount over /etc/resolv.conf in a private mount namespace here (needs root and unshare)")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent, tempfile.TemporaryDirectory() as folder:
         # Bound, so no ICMP unreachable comes back: queries just vanish. resolv.conf takes no port, so the
         # address is a random one of 127/8, which two test runs side by side do not share.
@@ -449,8 +456,8 @@ def test_the_agent_exits_promptly_on_sigterm_while_a_lookup_hangs() -> None:
         agent.wait_status("/readyz", 503, "[-]dep failed: timed out after 200ms")
         agent.signal(signal.SIGTERM)
         try:
-            agent.wait_for(lambda: "agent stopped" in "\n".join(agent.logs()), timeout=5)
-            assert agent.wait_exit(timeout=5) == 0
+            agent.wait_for(lambda: "agent stopped" in "\n".join(agent.logs()), timeout=30)  # far below the ~150 s the hung lookup holds its thread
+            assert agent.wait_exit(timeout=30) == 0
         finally:
             kill_now(agent)
 
@@ -565,7 +572,8 @@ def test_thousands_of_check_runs_keep_fds_and_tasks_steady(apps: list[App], tmp_
     app = start_app(apps, tmp_path)
     present = tmp_path / "present"
     present.write_text("x")
-    config = every_kind_of_check(app.marker, http_target.url, accepting, present)
+    # A generous timeout: a run that is slow on two loaded cores is no leak, and a timed-out run fails the test.
+    config = every_kind_of_check(app.marker, http_target.url, accepting, present, every="interval: 20ms, timeout: 10s")
     with run_agent(config) as agent:
         agent.wait_status("/readyz", 200)
         agent.wait_for(lambda: min(runs(agent).values()) >= 20)
@@ -669,15 +677,6 @@ def test_an_invalid_config_is_refused_and_the_old_checks_keep_running(accepting:
         assert agent.get("/agent/livez") == (200, "ok\n")
 
 
-def own_address() -> str | None:
-    """An address of this machine that is not loopback, if it has one."""
-    for addresses in psutil.net_if_addrs().values():
-        for address in addresses:
-            if address.family == socket.AF_INET and not address.address.startswith("127."):
-                return str(address.address)
-    return None
-
-
 def test_post_admin_reload_from_loopback_answers_200_or_422(accepting: int) -> None:
     port = accepting
     with run_agent(RELOAD_BASE.format(port=port), listen="0.0.0.0:0") as agent:
@@ -689,11 +688,10 @@ def test_post_admin_reload_from_loopback_answers_200_or_422(accepting: int) -> N
         code, body = agent.get("/admin/reload", method="POST")
         assert code == 422 and "checks.a.address: required key is missing" in body and "listen:" in body, body
         assert reloads(agent) == (1, 1)
-        elsewhere = own_address()
-        if elsewhere is not None:  # not loopback, no token configured: refused, nothing happens
-            code, _ = http_request(f"http://{elsewhere}:{agent.port}/admin/reload", method="POST")
-            assert code == 403
-            assert reloads(agent) == (1, 1)
+        elsewhere = own_address()  # not loopback, no token configured: refused, nothing happens
+        code, _ = http_request(f"http://{elsewhere}:{agent.port}/admin/reload", method="POST")
+        assert code == 403
+        assert reloads(agent) == (1, 1)
         assert sorted(agent.status()["checks"]) == ["added", "changing", "steady"]
 
 

@@ -120,9 +120,9 @@ def test_a_page_without_its_markers_is_refused() -> None:
 def test_the_readme_opens_with_the_two_commands_and_ci_runs_its_test_command() -> None:
     commands = fenced(README, "sh")[0].splitlines()
     assert commands[0].startswith("python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/sidecar-agent run")
-    assert commands[1].startswith("python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/python -m pytest")
-    # CI runs that command under coverage: `python -m coverage run -m pytest` is `python -m pytest`, measured.
-    assert "\n.venv/bin/python -m coverage run -m pytest" in (ROOT / ".ci" / "run").read_text()
+    assert commands[1].startswith("python3 tools/test.py ")
+    # CI runs that same script, its test run under coverage (which is `python -m pytest`, measured).
+    assert "\npython3 tools/test.py --coverage" in (ROOT / ".ci" / "run").read_text()
     assert len(README.splitlines()) <= 200, "the README is a front page; the reference lives in docs/"
 
 
