@@ -259,8 +259,8 @@ class Shutdown:
                 self.report.drained_after, self.report.drain_ended_by = seconds, ending.ended_by.value
                 self.on_drain(ending.ended_by, seconds)
                 if self.endpoints is not None:  # without them the drain is the timer, as the start line said
-                        event(log, logging.INFO, f"drain over after {format_duration(round(seconds, 3))}: {ending.why}",
-                          drain_ended_by=ending.ended_by.value)
+                    event(log, logging.INFO, f"drain over after {format_duration(round(seconds, 3))}: {ending.why}",
+                          drain_ended_by=ending.ended_by.value, drained_after_seconds=seconds)
                 return
             await self._pause(ending.at - now, None if self.endpoints is None else self.endpoints.changed())
 
