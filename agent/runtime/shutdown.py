@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import signal
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.config import ShutdownConfig, StopScope
+from agent.enums import Described
 from agent.kube.drain import EndedBy, Ending, timer
 from agent.logs import event
 from agent.process.tree import Member, describe, signal_each
@@ -34,10 +34,8 @@ PERMISSION_HINT = ("run the agent as the app's user (securityContext.runAsUser),
                    "from its spec), with shareProcessNamespace: true")
 
 
-class ShutdownOutcome(enum.StrEnum):
+class ShutdownOutcome(Described):
     """How a shutdown sequence ended: /status's `outcome` and the label of sidecar_shutdown_outcome_total."""
-
-    description: str
 
     EXITED = ("exited", "the app exited after the stop signal")
     KILLED = ("killed", "the app was still running at `stop_timeout` and got SIGKILL")
@@ -50,12 +48,6 @@ class ShutdownOutcome(enum.StrEnum):
     ERROR = ("error", "an internal error in the sequence (logged with its traceback, counted in "
              "`sidecar_task_failures_total{task=\"shutdown\"}`): with `relay_signal` the app still gets `stop_signal` "
              "(unless it already had it), then SIGKILL at `stop_timeout`; the agent exits 1")
-
-    def __new__(cls, value: str, description: str) -> ShutdownOutcome:
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member.description = description
-        return member
 
 
 class AppTarget(Protocol):

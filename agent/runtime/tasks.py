@@ -9,11 +9,11 @@ counted the same way. After `close` no new task starts (aiojobs' `Scheduler.clos
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from agent.enums import Described
 from agent.logs import event
 
 log = logging.getLogger("agent.tasks")
@@ -21,10 +21,8 @@ T = TypeVar("T")
 CLOSE_GRACE = 2.0  # how long close waits for the cancelled tasks before it abandons them (named in the log)
 
 
-class TaskKind(enum.StrEnum):
+class TaskKind(Described):
     """What an owned task does: the `task` label of sidecar_task_failures_total (one series per kind)."""
-
-    description: str
 
     SHUTDOWN = ("shutdown", "the shutdown sequence; on failure the app is still stopped, the outcome is error and "
                 "the agent exits 1")
@@ -35,12 +33,6 @@ class TaskKind(enum.StrEnum):
     SERVER = ("server", "a request handler of the listener; the request is answered 500 and the agent goes on")
     ENDPOINTS = ("endpoints_watch", "the EndpointSlice watch (shutdown.endpoints); the drain is the timer from then "
                  "on, and /status says why")
-
-    def __new__(cls, value: str, description: str) -> TaskKind:
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member.description = description
-        return member
 
 
 class Tasks:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import enum
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any, Protocol
 
 import jsonpatch
 
+from agent.enums import Described
 from agent.units import one_line
 
 API_VERSION = "admission.k8s.io/v1"
@@ -63,10 +63,8 @@ class Review:
         return f"{self.namespace}/{name}"
 
 
-class ReviewResult(enum.StrEnum):
+class ReviewResult(Described):
     """What one review amounted to: the `result` of the webhook's log line and of sidecar_webhook_reviews_total."""
-
-    description: str
 
     INJECTED = ("injected", "the agent was added to the pod (a patch)")
     CHANGED = ("changed", "a patch that does not add the agent: the injection changed something else")
@@ -74,12 +72,6 @@ class ReviewResult(enum.StrEnum):
     REFUSED = ("refused", "the pod was refused (`allowed: false`), with the message: a bad checks annotation")
     SKIPPED = ("skipped", "not a CREATE: a pod's spec cannot change after it")
     ERROR = ("error", "the injection failed with an internal error: answered 500 and logged with its traceback")
-
-    def __new__(cls, value: str, description: str) -> ReviewResult:
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member.description = description
-        return member
 
 
 @dataclass(frozen=True)
