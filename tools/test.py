@@ -9,7 +9,7 @@ On a new Debian machine (as root) it installs what the tests need, starts it and
 4. the checkout readable by uid 65532, the image's user, which `tests/deploy/test_security.py` runs the agent as;
 5. `.venv` with `pip install -e '.[dev]'` (again only when `pyproject.toml` changed);
 6. `pytest` with the arguments given (under coverage with `--coverage`, then the combined report);
-7. with no test path among the arguments (the whole suite), then the cluster tests: `pytest tests/cluster`, a
+7. with no pytest argument (the whole suite), then the cluster tests: `pytest tests/cluster`, a
    real one-node Kubernetes that tools/cluster.py builds (once per version, cached in ~/.cache/sidecar-agent),
    starts and tears down. They run after the rest, never beside it: their pods are real processes of this
    machine, which the other tests' process lookups would see.
@@ -264,7 +264,7 @@ def main(argv: list[str]) -> int:
     if setup_only:
         return 0
     code = run_tests(argv, coverage)
-    if any(not arg.startswith("-") for arg in argv):
+    if argv:  # pytest's own arguments: exactly that run, nothing more
         return code
     if shutil.which("go") is None:
         say("the cluster tests need Go (the machine's toolchain) to build Kubernetes")
