@@ -3,11 +3,9 @@ lets the review in flight finish, then the process stops cleanly with exit code 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,15 +15,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.servers import Certs
-from tests.webhook.apiserver import node
-from tests.webhook.apiserver import serve as serve_api
 from tests.webhook.conftest import TlsPair
 from tests.webhook.mutation import SLOW
-from tests.webhook.reviews import client_context, patched, pod, review
+from tests.webhook.reviews import client_context, pod, review
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,59 +124,3 @@ def test_auto_outside_a_pod_exits_2_naming_the_flag(tls: TlsPair) -> None:
     assert done.returncode == 2 and "--kubernetes-version auto" in done.stderr and "not running in a pod" in done.stderr
     assert "Traceback" not in done.stderr
 
-
-ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-
-async def test_auto_injects_for_the_oldest_kubelet_the_api_server_lists(tls: TlsPair, certs: Certs,
-                                                                        tmp_path: Path) -> None:
-    """The webhook process as in a pod: the API server from KUBERNETES_SERVICE_HOST/PORT, its CA and the token from
-    the service account folder (a tmpfs over /run in a mount namespace that only the webhook sees)."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:  # fails with the reason, never skips (tools/test.py: root)
-        pytest.fail("needs root and unshare(1) to give the webhook a pod's service account folder in a mount namespace")
-    token = "test-token-of-the-webhooks-service-account"
-    served = await serve_api(certs, tmp_path, token, [node("a", "v1.31.2"), node("b", "v1.29.4")])
-    script = (f"mount -t tmpfs tmpfs /run && mkdir -p {ACCOUNT} && cp {served.ca} {ACCOUNT}/ca.crt && "
-              f"cp {served.token_file} {ACCOUNT}/token && exec \"$0\" \"$@\"")
-    port = served.url.rsplit(":", 1)[1]
-    env = {**os.environ, "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port}
-    process = await asyncio.create_subprocess_exec(
-        "unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable, "-m", "agent", "webhook",
-        "--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--listen", "127.0.0.1:0", "--kubernetes-version",
-        "auto", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    seen: list[str] = []
-
-    async def line_with(text: str) -> str:
-        assert process.stdout is not None
-        while True:
-            line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
-            seen.append(line)
-            if text in line:
-                return line
-            assert line, f"no line with {text!r} in:\n{''.join(seen)}"
-
-    try:
-        listen = json.loads(await line_with("webhook serving on"))["listen"]
-        changed = json.loads(await line_with("injecting for Kubernetes 1.29"))
-        assert (changed["kubernetes"], changed["kubernetes_from"]) == ("1.29", "nodes")
-        connector = aiohttp.TCPConnector(ssl=client_context(tls.cert))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            async with session.post(f"https://{listen}/inject", json=review(pod())) as answer:
-                response = (await answer.json())["response"]
-            async with session.get(f"https://{listen}/metrics") as answer:
-                metrics = await answer.text()
-        assert 'sidecar_webhook_node_reads_total{result="success"} 1.0' in metrics
-        created = patched(pod(), response)
-        status = json.loads(created["metadata"]["annotations"]["sidecar-agent.io/status"])
-        assert (status["kubernetes"], status["kubernetes_from"], status["sidecar"]) == ("1.29", "nodes", "native")
-        assert {r["authorization"] for r in served.api.requests} == {f"Bearer {token}"}
-        process.send_signal(signal.SIGTERM)
-        await line_with("webhook stopped")
-        assert await asyncio.wait_for(process.wait(), 60) == 0
-        assert token not in "".join(seen)
-        assert not [line for line in seen if '"level": "error"' in line or "Traceback" in line], seen
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await served.runner.cleanup()
