@@ -22,7 +22,7 @@ subprocess of `python -m agent`):
 - injecting twice is injecting once;
 - `--remove` gives the input back exactly;
 - `inject` adds no `lint` error the input did not have;
-- the pod's QoS class is kept (a small pure function of the Kubernetes rules below);
+- the pod's QoS class is kept (agent.kube.qos, whose rules tests/inject/test_qos.py tables);
 - the webhook's JSON Patch (agent/webhook/admission.py), applied with jsonpatch, gives inject's pod for the same pod.
 
 A bounded number of examples by default; RELIABILITY_FUZZ_EXAMPLES asks for more, as for the config and lint fuzzers
@@ -44,9 +44,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import jsonpatch
@@ -60,7 +59,7 @@ from referencing import Registry, Resource
 
 from agent.cli import chosen_kubernetes, main
 from agent.inject import InjectError, Options
-from agent.kube import qos
+from agent.kube.qos import QosClass, qos_class
 from agent.lint import lint_paths
 from agent.webhook import admission
 from agent.webhook.server import Settings, injection
@@ -102,46 +101,6 @@ def strict_errors(document: Mapping[str, Any], version: tuple[int, int]) -> list
     """Every way the document breaks the strict schema of `version` (empty: valid)."""
     validator = _validator(f"{version[0]}.{version[1]}", str(document["kind"]), str(document["apiVersion"]))
     return [f"{'.'.join(map(str, e.absolute_path))}: {e.message[:200]}" for e in validator.iter_errors(document)]
-
-
-# --- the QoS class, as Kubernetes computes it (pkg/apis/core/helper/qos: ComputePodQOS) ---------------------------
-
-_SUFFIXES = {"m": Fraction(1, 1000), "": Fraction(1), "k": Fraction(10**3), "M": Fraction(10**6), "G": Fraction(10**9),
-             "Ki": Fraction(2**10), "Mi": Fraction(2**20), "Gi": Fraction(2**30)}
-
-
-def quantity(value: Any) -> Fraction:
-    """A resource quantity as the generator writes them (`250m`, `1`, `64Mi`, `1G`), as a number."""
-    number, suffix = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value)).groups()  # type: ignore[union-attr]
-    return Fraction(number) * _SUFFIXES[suffix]
-
-
-def qos_class(spec: Mapping[str, Any]) -> str:
-    """BestEffort, Burstable or Guaranteed for a pod spec: every container (init ones too) counts, only cpu and
-    memory, only amounts above 0; Guaranteed when each container has cpu and memory limits and the summed requests
-    equal the summed limits (a request left out defaults to its limit, as the API server sets it); BestEffort when
-    nothing is requested or limited. The small function the issue asks for; agent.kube.qos is inject's own."""
-    requests: dict[str, Fraction] = {}
-    limits: dict[str, Fraction] = {}
-    guaranteed = True
-    for c in [*spec.get("initContainers", []), *spec.get("containers", [])]:
-        resources = c.get("resources") or {}
-        own_limits = {k: quantity(v) for k, v in (resources.get("limits") or {}).items() if k in ("cpu", "memory")}
-        own_requests = {k: quantity(v) for k, v in (resources.get("requests") or {}).items() if k in ("cpu", "memory")}
-        own_requests = {**own_limits, **own_requests}
-        for name, amount in own_requests.items():
-            if amount:
-                requests[name] = requests.get(name, Fraction(0)) + amount
-        found = {name for name, amount in own_limits.items() if amount}
-        for name in found:
-            limits[name] = limits.get(name, Fraction(0)) + own_limits[name]
-        if found != {"cpu", "memory"}:
-            guaranteed = False
-    if not requests and not limits:
-        return "BestEffort"
-    if guaranteed and all(limits.get(name) == amount for name, amount in requests.items()) and requests.keys() == limits.keys():
-        return "Guaranteed"
-    return "Burstable"
 
 
 # --- the workloads ---------------------------------------------------------------------------------------------------
@@ -460,15 +419,15 @@ def injected(workdir: pathlib.Path, w: Workload) -> tuple[pathlib.Path, Run]:
     return path, run
 
 
-# Each property runs for every kind (so that the bounded run has them all), on workloads drawn for it.
-BY_KIND = pytest.mark.parametrize("kind", KINDS)
+def for_every_kind(test: Callable[..., None]) -> Callable[..., None]:
+    """A property run for every kind (so that the bounded run has them all), with SETTINGS; the test draws its
+    workloads of `kind` from `data`."""
+    return pytest.mark.parametrize("kind", KINDS)(SETTINGS(given(st.data())(test)))
 
 
 # --- the properties --------------------------------------------------------------------------------------------------
 
-@BY_KIND
-@SETTINGS
-@given(st.data())
+@for_every_kind
 def test_the_generated_workloads_are_valid_for_their_version(kind: str, data: st.DataObject) -> None:
     """The generator's own check: every drawn input passes its version's schema, so that a schema error in the output
     is inject's."""
@@ -476,9 +435,7 @@ def test_the_generated_workloads_are_valid_for_their_version(kind: str, data: st
     assert strict_errors(w.document, w.version) == []
 
 
-@BY_KIND
-@SETTINGS
-@given(st.data())
+@for_every_kind
 def test_exits_0_or_2_never_a_traceback(workdir: pathlib.Path, kind: str, data: st.DataObject) -> None:
     w = data.draw(workloads(kind), label="workload")
     path = write(workdir, "input.yaml", dump(w.document))
@@ -494,9 +451,7 @@ def test_exits_0_or_2_never_a_traceback(workdir: pathlib.Path, kind: str, data: 
         assert (alone.code, alone.out, alone.err) == (run.code, run.out, run.err)
 
 
-@BY_KIND
-@SETTINGS
-@given(st.data())
+@for_every_kind
 def test_output_is_strict_valid_for_its_version(workdir: pathlib.Path, kind: str, data: st.DataObject) -> None:
     w = data.draw(workloads(kind, accepted=True), label="workload")
     _, run = injected(workdir, w)
@@ -504,9 +459,7 @@ def test_output_is_strict_valid_for_its_version(workdir: pathlib.Path, kind: str
         assert strict_errors(document, w.version) == [], f"injected for {w.version}"
 
 
-@BY_KIND
-@SETTINGS
-@given(st.data())
+@for_every_kind
 def test_injecting_twice_is_injecting_once(workdir: pathlib.Path, kind: str, data: st.DataObject) -> None:
     w = data.draw(workloads(kind, accepted=True), label="workload")
     _, once = injected(workdir, w)
@@ -514,9 +467,7 @@ def test_injecting_twice_is_injecting_once(workdir: pathlib.Path, kind: str, dat
     assert (twice.code, twice.out) == (0, once.out)
 
 
-@BY_KIND
-@SETTINGS
-@given(st.data())
+@for_every_kind
 def test_remove_gives_the_input_back_exactly(workdir: pathlib.Path, kind: str, data: st.DataObject) -> None:
     w = data.draw(workloads(kind, accepted=True), label="workload")
     path, run = injected(workdir, w)
@@ -530,9 +481,7 @@ def errors(path: pathlib.Path) -> set[tuple[str, str, str | None]]:
     return {(f.rule, f.object, f.container) for f in lint_paths([str(path)]).findings if f.severity == "error"}
 
 
-@BY_KIND
-@SETTINGS
-@given(st.data())
+@for_every_kind
 def test_inject_adds_no_lint_error(workdir: pathlib.Path, kind: str, data: st.DataObject) -> None:
     w = data.draw(workloads(kind, accepted=True), label="workload")
     path, run = injected(workdir, w)
@@ -540,24 +489,7 @@ def test_inject_adds_no_lint_error(workdir: pathlib.Path, kind: str, data: st.Da
     assert added == set(), run.out
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ({"containers": [{"name": "a"}]}, "BestEffort"),
-    ({"containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}, "Guaranteed"),
-    ({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1000m", "memory": "1Gi"},
-                                                 "limits": {"cpu": "1", "memory": "1024Mi"}}}]}, "Guaranteed"),
-    ({"containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}],
-      "initContainers": [{"name": "i"}]}, "Burstable"),
-    ({"containers": [{"name": "a", "resources": {"requests": {"cpu": "500m"}, "limits": {"cpu": "1", "memory": "1Gi"}}}]},
-     "Burstable"),
-    ({"containers": [{"name": "a", "resources": {"requests": {"memory": "64Mi"}}}]}, "Burstable"),
-])
-def test_the_qos_function_follows_the_api_servers_rule(spec: dict[str, Any], expected: str) -> None:
-    assert qos_class(spec) == expected
-
-
-@BY_KIND
-@SETTINGS
-@given(st.data())
+@for_every_kind
 def test_the_qos_class_is_kept(workdir: pathlib.Path, kind: str, data: st.DataObject) -> None:
     """Guaranteed stays Guaranteed and Burstable Burstable; a BestEffort pod becomes Burstable, since the agent's
     container has requests and limits (docs/inject.md)."""
@@ -565,11 +497,10 @@ def test_the_qos_class_is_kept(workdir: pathlib.Path, kind: str, data: st.DataOb
     _, run = injected(workdir, w)
     before = qos_class(w.template["spec"])
     after = qos_class(Workload(yaml.safe_load(run.out), w.version, False).template["spec"])
-    assert qos.qos_class(w.template["spec"]).value == before  # inject's own reckoning agrees with this one
     if STATUS not in run.out:  # skipped: unchanged
         assert after == before
     else:
-        assert after == ("Burstable" if before == "BestEffort" else before)
+        assert after is (QosClass.BURSTABLE if before is QosClass.BEST_EFFORT else before)
 
 
 def review(pod: Mapping[str, Any]) -> bytes:
@@ -578,9 +509,7 @@ def review(pod: Mapping[str, Any]) -> bytes:
                                    "object": pod}}).encode()
 
 
-@BY_KIND
-@SETTINGS
-@given(st.data())
+@for_every_kind
 def test_the_webhooks_patch_gives_injects_pod(workdir: pathlib.Path, kind: str, data: st.DataObject) -> None:
     """The same pod (the workload's template as a Pod) through the webhook and through `inject`."""
     w = data.draw(workloads(kind), label="workload")
