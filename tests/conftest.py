@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.servers import Certs
+from tests.servers import Certs, Target, serving_http
 
 CLUSTER_TESTS = pathlib.Path(__file__).resolve().parent / "cluster"
 
@@ -26,44 +22,11 @@ def pytest_ignore_collect(collection_path: pathlib.Path, config: pytest.Config) 
     return not any(p == CLUSTER_TESTS or CLUSTER_TESTS in p.parents for p in named)
 
 
-class Target(ThreadingHTTPServer):
-    """A real HTTP server on loopback whose answer a test can change."""
-
-    daemon_threads = True
-    status = 200
-    body = b"ok"
-    delay = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Target
-
-    def do_GET(self) -> None:
-        if self.server.delay:
-            time.sleep(self.server.delay)
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a check timed out and hung up first
-            self.send_response(self.server.status)
-            self.send_header("Content-Length", str(len(self.server.body)))
-            self.end_headers()
-            self.wfile.write(self.server.body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def http_target() -> Iterator[Target]:
-    server = Target(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    """A Target on 127.0.0.1 (tests.servers.serving_http)."""
+    with serving_http() as server:
+        yield server
 
 
 @pytest.fixture

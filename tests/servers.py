@@ -1,7 +1,9 @@
-"""Throwaway Redis and PostgreSQL servers on free loopback ports, for tests that kill, pause or restart them."""
+"""Throwaway servers on free loopback ports: HTTP targets, and Redis and PostgreSQL for tests that kill, pause or
+restart them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import random
@@ -15,10 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
 import pytest
+
+from agent.units import format_address
 
 
 def own_address() -> str:
@@ -78,6 +83,62 @@ def free_port_below_ephemeral() -> int:
                 continue
             return port
     raise AssertionError(f"no free port below {low}")
+
+
+def listening_socket(host: str, backlog: int = 16) -> socket.socket:
+    """A TCP socket listening on a free port of HOST: an IPv4 or IPv6 address, or "::" for both families."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    if host == "::":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind((host, 0))
+    sock.listen(backlog)
+    return sock
+
+
+class Target(ThreadingHTTPServer):
+    """A real HTTP server whose answer a test can change."""
+
+    daemon_threads = True
+    status = 200
+    body = b"ok"
+    delay = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://{format_address(str(self.server_address[0]), int(self.server_address[1]))}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Target
+
+    def do_GET(self) -> None:
+        if self.server.delay:
+            time.sleep(self.server.delay)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a check timed out and hung up first
+            self.send_response(self.server.status)
+            self.send_header("Content-Length", str(len(self.server.body)))
+            self.end_headers()
+            self.wfile.write(self.server.body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serving_http(host: str = "127.0.0.1") -> Iterator[Target]:
+    """A Target on a free port of HOST (see listening_socket), served by a thread until the block ends."""
+    server = Target((host, 0), _Handler, bind_and_activate=False)
+    server.socket.close()  # made for IPv4 only: the listening socket below takes its place
+    server.socket = listening_socket(host, backlog=128)
+    server.server_address = server.socket.getsockname()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @contextmanager

@@ -12,8 +12,7 @@ import pytest
 
 from agent.config import ConfigError, load
 from agent.testing import AgentProcess, run_agent
-from tests.conftest import Target
-from tests.servers import Certs, postgres_cluster, redis_server
+from tests.servers import Certs, Target, postgres_cluster, redis_server
 
 
 def one_check(body: str, **common: str) -> str:

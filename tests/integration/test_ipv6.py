@@ -6,11 +6,9 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
@@ -19,6 +17,7 @@ import yaml
 from agent.inject import probes
 from agent.listen import any_address_socket
 from agent.testing import http_request, run_agent
+from tests.servers import listening_socket, serving_http
 
 GENEROUS = 30.0
 
@@ -81,39 +80,10 @@ def test_where_the_kernel_lacks_ipv6_the_listener_takes_ipv4() -> None:
 BINDS = {"IPv4 only": "127.0.0.1", "IPv6 only": "::1", "both": "::"}
 
 
-def listening_socket(host: str) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    if host == "::":
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind((host, 0))
-    sock.listen(16)
-    return sock
-
-
-class _Ok(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "3")
-        self.end_headers()
-        self.wfile.write(b"ok\n")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @contextmanager
 def http_app(host: str) -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok, bind_and_activate=False)
-    server.socket.close()
-    server.socket = listening_socket(host)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.socket.getsockname()[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(GENEROUS)
+    with serving_http(host) as server:
+        yield server.server_address[1]
 
 
 @contextmanager
@@ -150,8 +120,9 @@ APPS: dict[str, tuple[Callable[[str], Any], Callable[[int], dict[str, Any]]]] = 
 def test_a_check_made_from_a_probe_reaches_the_app_on_either_family(handler: str) -> None:
     start, probe_of = APPS[handler]
     checks: dict[str, Any] = {}
-    with contextmanager_stack(start, list(BINDS.values())) as ports:
-        for (name, _), port in zip(BINDS.items(), ports, strict=True):
+    with ExitStack() as apps:
+        for name, host in BINDS.items():
+            port = apps.enter_context(start(host))
             made = probes.convert({"name": "app"}, "readinessProbe", {**probe_of(port), "periodSeconds": 1})
             assert isinstance(made, probes.Converted), made
             checks[name.replace(" ", "-")] = made.body
@@ -161,12 +132,3 @@ def test_a_check_made_from_a_probe_reaches_the_app_on_either_family(handler: str
                 agent.wait_status(f"/readyz/{name}", 200, timeout=GENEROUS)
             assert agent.status()["checks"]["IPv6-only"]["state"] == "passing"
 
-
-@contextmanager
-def contextmanager_stack(start: Callable[[str], Any], hosts: list[str]) -> Iterator[list[int]]:
-    """Each app started on its host, all stopped after."""
-    if not hosts:
-        yield []
-        return
-    with start(hosts[0]) as port, contextmanager_stack(start, hosts[1:]) as rest:
-        yield [port, *rest]

@@ -32,8 +32,7 @@ import psutil
 import pytest
 
 from agent.testing import AgentProcess, http_request, run_agent
-from tests.conftest import Target
-from tests.servers import accepting_port, free_port_below_ephemeral, own_address
+from tests.servers import Target, accepting_port, free_port_below_ephemeral, own_address
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STAND_IN_APP = str(ROOT / "tests" / "apps" / "app.py")

@@ -24,8 +24,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.testing import AgentProcess, http_request, run_agent
-from tests.conftest import Target
-from tests.servers import PostgresCluster, RedisServer, free_port, own_address, postgres_cluster, redis_server
+from tests.servers import PostgresCluster, RedisServer, Target, free_port, own_address, postgres_cluster, redis_server
 
 SECRETS = {
     "http URL password": "WebUrlPass-7f3a91",
