@@ -13,14 +13,17 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import pytest
 
+from agent.runtime.tasks import TaskKind
 from agent.testing import AgentProcess, run_agent
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-KINDS = ("shutdown", "poller", "app_watcher", "watchdog", "reload", "server")
+# agent_with(task, extra config, app command): an agent whose `fault` check breaks that task.
+AgentWith = Callable[..., AbstractContextManager[AgentProcess]]
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +43,12 @@ def config(task: str, extra: str = "") -> str:
 
 
 @pytest.fixture
-def agent_with(plugin_path: str) -> Iterator[object]:
-    def start(task: str, extra: str = "", extra_args: tuple[str, ...] = ()) -> object:
-        return run_agent(config(task, extra), args=("exec",) if extra_args else ("run",), env={"PYTHONPATH": plugin_path},
-                         extra_args=extra_args)
-    yield start
+def agent_with(plugin_path: str) -> AgentWith:
+    def start(task: str, extra: str = "", app: tuple[str, ...] = ()) -> AbstractContextManager[AgentProcess]:
+        """In exec mode when given the app's command."""
+        return run_agent(config(task, extra), args=("exec",) if app else ("run",), env={"PYTHONPATH": plugin_path},
+                         extra_args=("--", *app) if app else ())
+    return start
 
 
 def failures(agent: AgentProcess, kind: str) -> float:
@@ -65,20 +69,24 @@ def failed_line(agent: AgentProcess, name: str) -> dict[str, object]:
     return record
 
 
+def armed(agent: AgentProcess, task: str) -> None:
+    """Wait until the fault check has broken TASK (at its first run)."""
+    agent.wait_for(lambda: any(f"fault armed: {task}" in line for line in agent.logs()))
+
+
 def others_zero(agent: AgentProcess, kind: str) -> None:
-    assert [k for k in KINDS if k != kind and failures(agent, k) != 0] == []
+    assert [k.value for k in TaskKind if k.value != kind and failures(agent, k.value) != 0] == []
 
 
-def test_a_failing_shutdown_sequence_still_stops_the_app_ends_in_error_and_exits_1(agent_with) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_shutdown_sequence_still_stops_the_app_ends_in_error_and_exits_1(agent_with: AgentWith) -> None:
     # The app ignores SIGTERM (and says so): only the SIGKILL after the stop signal ends it. Each line is one write,
     # which the pipe it shares with the agent keeps whole.
     app = ("import os, signal, time\n"
            "signal.signal(signal.SIGTERM, lambda *a: os.write(1, b'app: SIGTERM ignored\\n'))\n"
            "os.write(1, b'app: started\\n')\n"
            "while True: time.sleep(1)\n")
-    with agent_with("shutdown", extra_args=("--", sys.executable, "-c", app)) as agent:
-        assert isinstance(agent, AgentProcess)
-        agent.wait_for(lambda: any("fault armed: shutdown" in line for line in agent.logs()))
+    with agent_with("shutdown", app=(sys.executable, "-c", app)) as agent:
+        armed(agent, "shutdown")
         agent.wait_for(lambda: any("app: started" in line for line in agent.logs()))  # its SIGTERM handler is in place
         answer: list[tuple[int, str]] = []
         held = threading.Thread(target=lambda: answer.append(agent.get("/prestop", timeout=90)))
@@ -94,9 +102,8 @@ def test_a_failing_shutdown_sequence_still_stops_the_app_ends_in_error_and_exits
     assert any("after the internal error, sent SIGKILL to" in line for line in agent.lines)
 
 
-def test_a_poller_that_raises_is_logged_counted_and_restarted_and_the_agent_exits_0(agent_with) -> None:  # type: ignore[no-untyped-def]
+def test_a_poller_that_raises_is_logged_counted_and_restarted_and_the_agent_exits_0(agent_with: AgentWith) -> None:
     with agent_with("poller") as agent:
-        assert isinstance(agent, AgentProcess)
         failed_line(agent, "check:fault")
         agent.wait_for(lambda: failures(agent, "poller") >= 2, timeout=30)  # it died, was restarted, died again
         others_zero(agent, "poller")
@@ -104,9 +111,9 @@ def test_a_poller_that_raises_is_logged_counted_and_restarted_and_the_agent_exit
 
 
 @pytest.mark.parametrize(("kind", "name"), [("app_watcher", "app-watcher"), ("watchdog", "watchdog")])
-def test_a_vital_task_that_raises_fails_agent_livez_and_the_agent_exits_1(agent_with, kind: str, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_vital_task_that_raises_fails_agent_livez_and_the_agent_exits_1(agent_with: AgentWith, kind: str,
+                                                                           name: str) -> None:
     with agent_with(kind, "app: {match: {name: no-such-app-here}}\n") as agent:
-        assert isinstance(agent, AgentProcess)
         failed_line(agent, name)
         assert failures(agent, kind) == 1
         others_zero(agent, kind)
@@ -116,10 +123,9 @@ def test_a_vital_task_that_raises_fails_agent_livez_and_the_agent_exits_1(agent_
         assert agent.stop_fast() == 1
 
 
-def test_a_reload_that_raises_is_answered_as_failed_and_the_agent_goes_on(agent_with) -> None:  # type: ignore[no-untyped-def]
+def test_a_reload_that_raises_is_answered_as_failed_and_the_agent_goes_on(agent_with: AgentWith) -> None:
     with agent_with("reload") as agent:
-        assert isinstance(agent, AgentProcess)
-        agent.wait_for(lambda: any("fault armed: reload" in line for line in agent.logs()))
+        armed(agent, "reload")
         code, body = agent.get("/admin/reload", method="POST")
         assert (code, body) == (422, "the reload failed with an internal error (InjectedFault); see the agent's log\n")
         failed_line(agent, "reload")
@@ -130,10 +136,9 @@ def test_a_reload_that_raises_is_answered_as_failed_and_the_agent_goes_on(agent_
         assert agent.stop_fast() == 0
 
 
-def test_a_request_handler_that_raises_is_answered_500_and_the_agent_goes_on(agent_with) -> None:  # type: ignore[no-untyped-def]
+def test_a_request_handler_that_raises_is_answered_500_and_the_agent_goes_on(agent_with: AgentWith) -> None:
     with agent_with("server") as agent:
-        assert isinstance(agent, AgentProcess)
-        agent.wait_for(lambda: any("fault armed: server" in line for line in agent.logs()))
+        armed(agent, "server")
         assert agent.get("/status") == (500, "internal error; see the agent's log\n")
         failed_line(agent, "server:GET /status")
         assert failures(agent, "server") == 1
