@@ -45,6 +45,11 @@ def watch(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     return {"type": kind, "object": obj}
 
 
+def mine(ready: bool | None = True, serving: bool | None = None, terminating: bool | None = None) -> dict[str, Any]:
+    """This pod's endpoint (ME, by its IPv4 address), with the conditions given."""
+    return endpoint(ME.name, "198.18.200.7", ready=ready, serving=serving, terminating=terminating)
+
+
 OTHER = endpoint("web-7d9f-zzzzz", "198.18.200.9")
 
 
@@ -78,7 +83,7 @@ def test_a_slice_lists_the_pod_by_target_ref_or_by_address() -> None:
 
 
 def test_conditions_left_out_read_as_the_api_says() -> None:
-    listing = listing_of(eps("web-a", 1, endpoint("web-7d9f-abcde", "198.18.200.7", ready=None)), ME)
+    listing = listing_of(eps("web-a", 1, mine(ready=None)), ME)
     assert listing is not None and listing.ready and listing.serving and not listing.terminating
 
 
@@ -97,18 +102,16 @@ def test_a_pod_in_no_slice_drains_for_min(tracker: SliceTracker) -> None:
 def test_the_pod_added_then_made_not_ready_ends_the_drain_a_margin_later(clock: FakeClock,
                                                                           tracker: SliceTracker) -> None:
     tracker.replace([eps("web-a", 10, OTHER)], "10")
-    tracker.apply(watch("ADDED", eps("web-b", 12, endpoint("web-7d9f-abcde", "198.18.200.7"))))
+    tracker.apply(watch("ADDED", eps("web-b", 12, mine())))
     assert tracker.routed and tracker.out_since is None
     clock.advance(60)
     started = clock()  # the stop begins; the pod is still ready in web-b
     assert drain_end(started, 5.0, CFG, tracker).ended_by is EndedBy.TIMER
     clock.advance(2.5)  # the endpoints controller marks the terminating pod not ready (still serving)
-    tracker.apply(watch("MODIFIED", eps("web-b", 13, endpoint("web-7d9f-abcde", "198.18.200.7", ready=False,
-                                                                serving=True, terminating=True))))
+    tracker.apply(watch("MODIFIED", eps("web-b", 13, mine(ready=False, serving=True, terminating=True))))
     assert not tracker.routed and tracker.out_since == started + 2.5
     clock.advance(1.0)  # the kubelet's readiness probe fails: no longer serving; t_out stays
-    tracker.apply(watch("MODIFIED", eps("web-b", 14, endpoint("web-7d9f-abcde", "198.18.200.7", ready=False,
-                                                                serving=False, terminating=True))))
+    tracker.apply(watch("MODIFIED", eps("web-b", 14, mine(ready=False, serving=False, terminating=True))))
     assert tracker.out_since == started + 2.5
     ending = drain_end(started, 5.0, CFG, tracker)
     assert (ending.at, ending.ended_by) == (started + 3.5, EndedBy.ENDPOINTS)
@@ -116,7 +119,7 @@ def test_the_pod_added_then_made_not_ready_ends_the_drain_a_margin_later(clock: 
 
 
 def test_a_pod_removed_from_its_slice_is_out(clock: FakeClock, tracker: SliceTracker) -> None:
-    tracker.replace([eps("web-a", 10, OTHER, endpoint("web-7d9f-abcde", "198.18.200.7"))], "10")
+    tracker.replace([eps("web-a", 10, OTHER, mine())], "10")
     started = clock()
     clock.advance(1.8)
     tracker.apply(watch("MODIFIED", eps("web-a", 11, OTHER)))
@@ -125,36 +128,33 @@ def test_a_pod_removed_from_its_slice_is_out(clock: FakeClock, tracker: SliceTra
 
 
 def test_every_slice_that_listed_the_pod_must_show_it_out(clock: FakeClock, tracker: SliceTracker) -> None:
-    me = endpoint("web-7d9f-abcde", "198.18.200.7")
-    tracker.replace([eps("web-a", 10, me), eps("admin-a", 10, me, service="admin")], "10")
+    tracker.replace([eps("web-a", 10, mine()), eps("admin-a", 10, mine(), service="admin")], "10")
     started = clock()
     clock.advance(1)
-    tracker.apply(watch("DELETED", eps("web-a", 11, me)))
+    tracker.apply(watch("DELETED", eps("web-a", 11, mine())))
     assert tracker.routed and drain_end(started, 5.0, CFG, tracker).ended_by is EndedBy.TIMER
     clock.advance(1)
-    tracker.apply(watch("MODIFIED", eps("admin-a", 12, endpoint("web-7d9f-abcde", "198.18.200.7", ready=False),
-                                        service="admin")))
+    tracker.apply(watch("MODIFIED", eps("admin-a", 12, mine(ready=False), service="admin")))
     ending = drain_end(started, 5.0, CFG, tracker)
     assert (ending.at, ending.ended_by) == (started + 3.0, EndedBy.ENDPOINTS)
 
 
 def test_a_slice_replaced_by_another_that_lists_the_pod_keeps_it_routed(clock: FakeClock,
                                                                         tracker: SliceTracker) -> None:
-    me = endpoint("web-7d9f-abcde", "198.18.200.7")
-    tracker.replace([eps("web-a", 10, me)], "10")
+    tracker.replace([eps("web-a", 10, mine())], "10")
     # The controller creates the new slice first, then deletes the old one.
-    tracker.apply(watch("ADDED", eps("web-c", 11, me)))
-    tracker.apply(watch("DELETED", eps("web-a", 12, me)))
+    tracker.apply(watch("ADDED", eps("web-c", 11, mine())))
+    tracker.apply(watch("DELETED", eps("web-a", 12, mine())))
     assert tracker.routed and set(tracker.listings) == {"web-c"}
     # In the other order the pod is out for a moment, and back in when the new slice comes.
-    tracker.apply(watch("DELETED", eps("web-c", 13, me)))
+    tracker.apply(watch("DELETED", eps("web-c", 13, mine())))
     assert tracker.out_since == clock()
-    tracker.apply(watch("ADDED", eps("web-d", 14, me)))
+    tracker.apply(watch("ADDED", eps("web-d", 14, mine())))
     assert tracker.routed and tracker.out_since is None
 
 
 def test_out_before_the_stop_drains_for_min(clock: FakeClock, tracker: SliceTracker) -> None:
-    tracker.replace([eps("web-a", 10, endpoint("web-7d9f-abcde", "198.18.200.7", ready=False))], "10")
+    tracker.replace([eps("web-a", 10, mine(ready=False))], "10")
     assert tracker.out_since == clock()  # listed, not ready: out since the list
     clock.advance(30)
     ending = drain_end(clock(), 5.0, CFG, tracker)
@@ -162,7 +162,7 @@ def test_out_before_the_stop_drains_for_min(clock: FakeClock, tracker: SliceTrac
 
 
 def test_out_too_late_for_the_margin_ends_at_drain_delay(clock: FakeClock, tracker: SliceTracker) -> None:
-    tracker.replace([eps("web-a", 10, endpoint("web-7d9f-abcde", "198.18.200.7"))], "10")
+    tracker.replace([eps("web-a", 10, mine())], "10")
     started = clock()
     clock.advance(4.5)
     tracker.apply(watch("DELETED", eps("web-a", 11)))
@@ -171,8 +171,7 @@ def test_out_too_late_for_the_margin_ends_at_drain_delay(clock: FakeClock, track
 
 
 def test_410_gone_asks_for_a_list_which_replaces_everything(clock: FakeClock, tracker: SliceTracker) -> None:
-    me = endpoint("web-7d9f-abcde", "198.18.200.7")
-    tracker.replace([eps("web-a", 10, me)], "10")
+    tracker.replace([eps("web-a", 10, mine())], "10")
     gone = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                         "message": "too old resource version: 10 (20)", "reason": "Expired",
                                         "code": 410}}
@@ -180,14 +179,14 @@ def test_410_gone_asks_for_a_list_which_replaces_everything(clock: FakeClock, tr
     assert tracker.resource_version == "10"  # an error event carries no version to resume from
     clock.advance(3)
     # While the watch was gone, web-a was deleted and web-e lists the pod as not ready.
-    tracker.replace([eps("web-e", 25, endpoint("web-7d9f-abcde", "198.18.200.7", ready=False))], "25")
+    tracker.replace([eps("web-e", 25, mine(ready=False))], "25")
     assert set(tracker.listings) == {"web-e"} and tracker.out_since == clock() and tracker.resource_version == "25"
     other_error = {"type": "ERROR", "object": {"kind": "Status", "code": 500, "reason": "InternalError"}}
     assert tracker.apply(other_error) is Action.REWATCH
 
 
 def test_a_bookmark_moves_the_resource_version_only(tracker: SliceTracker) -> None:
-    tracker.replace([eps("web-a", 10, endpoint("web-7d9f-abcde", "198.18.200.7"))], "10")
+    tracker.replace([eps("web-a", 10, mine())], "10")
     before = dict(tracker.listings), tracker.version
     bookmark = {"type": "BOOKMARK", "object": {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
                                                "metadata": {"resourceVersion": "42",
