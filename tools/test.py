@@ -31,7 +31,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +77,16 @@ def run(command: Sequence[str], cwd: Path | str | None = None,
         tail = (done.stdout + done.stderr).strip()[-2000:]
         sys.exit(f"tools/test.py: {' '.join(command)} exited {done.returncode}:\n{tail}")
     return done
+
+
+def within(seconds: float, ready: Callable[[], bool]) -> bool:
+    """Whether READY became true within SECONDS (polled every 0.1 s)."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def install_packages() -> None:
@@ -145,10 +155,8 @@ def setup_postgres(cluster: str) -> None:
     elif changed:
         run(["pg_ctlcluster", version, name, "reload"])
     psql = ["runuser", "-u", "postgres", "--", "psql", "-p", str(port), "-XtAq"]
-    for _ in range(100):  # pg_ctlcluster returns once the server accepts connections; a reload is asynchronous
-        if subprocess.run(["pg_isready", "-q", "-p", str(port)], check=False).returncode == 0:
-            break
-        time.sleep(0.1)
+    # pg_ctlcluster returns once the server accepts connections; a reload is asynchronous (psql below says why if not).
+    within(10, lambda: subprocess.run(["pg_isready", "-q", "-p", str(port)], check=False).returncode == 0)
     exists = run([*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"], cwd="/").stdout.strip()
     if exists != "1":
         say(f"creating the database {PG_DATABASE} in {cluster}")
@@ -171,11 +179,8 @@ def setup_redis() -> None:
         os.makedirs(folder, exist_ok=True)
     run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", str(REDIS_PORT),
          "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/tests.log"])
-    for _ in range(100):
-        if redis_up():
-            return
-        time.sleep(0.1)
-    sys.exit("tools/test.py: Redis did not answer PING within 10 s: see /var/log/redis/tests.log")
+    if not within(10, redis_up):
+        sys.exit("tools/test.py: Redis did not answer PING within 10 s: see /var/log/redis/tests.log")
 
 
 # The checkout, readable by the image's user ------------------------------------------------------------------
@@ -270,7 +275,7 @@ def main(argv: list[str]) -> int:
         say("the cluster tests need Go (the machine's toolchain) to build Kubernetes")
         return code or 1
     say("the cluster tests (tests/cluster)")
-    return subprocess.call([str(PYTHON), "-m", "pytest", *argv, "tests/cluster"], cwd=ROOT) or code
+    return subprocess.call([str(PYTHON), "-m", "pytest", "tests/cluster"], cwd=ROOT) or code
 
 
 if __name__ == "__main__":
