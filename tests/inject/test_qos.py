@@ -13,12 +13,14 @@ import pytest
 import yaml
 
 from agent.inject import Options, inject_template
+from agent.inject.container import NAME
 from agent.inject.documents import TEMPLATES, run
 from agent.kube.qos import QosClass, qos_class, quantity
 
 CORPUS = pathlib.Path(__file__).resolve().parent / "corpus"
 FILES = sorted(CORPUS.glob("*.yaml"))
 VERSIONS = [(1, 28), (1, 29), (1, 30), (1, 33)]  # every injection mode: regular, native with httpGet, native with sleep
+STATUS = "sidecar-agent.io/status"
 G, B, BE = QosClass.GUARANTEED, QosClass.BURSTABLE, QosClass.BEST_EFFORT
 
 
@@ -84,6 +86,10 @@ def templates(text: str) -> list[dict[str, Any]]:
     return out
 
 
+def annotations(template: dict[str, Any]) -> dict[str, Any]:
+    return (template.get("metadata") or {}).get("annotations") or {}
+
+
 def test_the_corpus_has_every_class() -> None:
     assert {qos_class(t["spec"]) for f in FILES for t in templates(f.read_text())} == {G, B, BE}
 
@@ -95,23 +101,23 @@ def test_injection_keeps_the_class(path: pathlib.Path, version: tuple[int, int])
     after = templates(run([str(path)], Options(kubernetes_version=version)).text)
     assert len(before) == len(after)
     for old, new in zip(before, after, strict=True):
-        injected = "sidecar-agent.io/status" in ((new.get("metadata") or {}).get("annotations") or {}) and \
-            "sidecar-agent.io/status" not in ((old.get("metadata") or {}).get("annotations") or {})
+        injected = STATUS in annotations(new) and STATUS not in annotations(old)
         expected = B if injected and qos_class(old["spec"]) is BE else qos_class(old["spec"])
         assert qos_class(new["spec"]) is expected, old.get("metadata")
 
 
+def agent_resources(spec: dict[str, Any], version: tuple[int, int]) -> dict[str, Any]:
+    """The agent container's resources once the pod SPEC is injected for VERSION."""
+    out = inject_template({"metadata": {}, "spec": spec}, Options(kubernetes_version=version)).template["spec"]
+    return next(x for x in [*out.get("initContainers", []), *out["containers"]] if x["name"] == NAME)["resources"]
+
+
 def test_in_a_guaranteed_pod_the_agents_requests_are_its_limits() -> None:
-    spec = {"containers": [c(BOTH, BOTH)]}
     for version in VERSIONS:
-        out = inject_template({"metadata": {}, "spec": spec}, Options(kubernetes_version=version)).template["spec"]
-        agent = next(x for x in out["containers"] + out.get("initContainers", []) if x["name"] == "sidecar-agent")
-        assert agent["resources"]["requests"] == agent["resources"]["limits"]
-        burstable = inject_template({"metadata": {}, "spec": {"containers": [c({"cpu": "1"})]}},
-                                    Options(kubernetes_version=version)).template["spec"]
-        agent = next(x for x in burstable["containers"] + burstable.get("initContainers", [])
-                     if x["name"] == "sidecar-agent")
-        assert agent["resources"]["requests"] != agent["resources"]["limits"], "only a Guaranteed pod reserves more"
+        guaranteed = agent_resources({"containers": [c(BOTH, BOTH)]}, version)
+        assert guaranteed["requests"] == guaranteed["limits"]
+        burstable = agent_resources({"containers": [c({"cpu": "1"})]}, version)
+        assert burstable["requests"] != burstable["limits"], "only a Guaranteed pod reserves more"
 
 
 def test_pod_level_resources_decide_alone_so_the_agent_keeps_its_small_requests() -> None:
