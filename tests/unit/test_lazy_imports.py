@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+from tests.children import replaced_env
+
 LOADS_A_CONFIG = """
 import sys
 from agent.config import load
@@ -44,7 +46,7 @@ print(sorted(m for m in ("agent.kube.endpoints_client", "agent.kube.endpoints_st
 
 def agent_modules(config: str) -> str:
     done = subprocess.run([sys.executable, "-c", BUILDS_AN_AGENT, config], capture_output=True, text=True, timeout=60,
-                          check=True, env={"PATH": "/usr/bin:/bin"})
+                          check=True, env=replaced_env({"PATH": "/usr/bin:/bin"}))  # no KUBERNETES_* of ours
     return done.stdout.strip().splitlines()[-1]
 
 
