@@ -308,12 +308,17 @@ class PostgresCluster:
         return self._as_postgres("psql", "-h", self.folder, "-p", str(self.port), "-U", "postgres", "-tAc", sql).stdout
 
 
+def newest_postgresql() -> str:
+    """The newest of Debian's installed PostgreSQL versions (by number: 15 is newer than 9.6); the test fails with
+    the reason when there is none."""
+    versions = os.listdir("/usr/lib/postgresql") if os.path.isdir("/usr/lib/postgresql") else []
+    if not versions:
+        pytest.fail("Debian's PostgreSQL is not installed (tools/test.py installs it)")
+    return max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
 def _pg(tool: str) -> str:
-    found = shutil.which(tool)
-    if found:
-        return found
-    versions = sorted(os.listdir("/usr/lib/postgresql"))
-    return f"/usr/lib/postgresql/{versions[-1]}/bin/{tool}"
+    return shutil.which(tool) or f"/usr/lib/postgresql/{newest_postgresql()}/bin/{tool}"
 
 
 @contextmanager

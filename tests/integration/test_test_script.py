@@ -15,16 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import free_port
+from tests.servers import free_port, newest_postgresql
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def newest_postgresql() -> str:
-    versions = os.listdir("/usr/lib/postgresql") if os.path.isdir("/usr/lib/postgresql") else []
-    if not versions:
-        pytest.fail("Debian's PostgreSQL is not installed (tools/test.py installs it)")
-    return max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
 
 
 @pytest.fixture
