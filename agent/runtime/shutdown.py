@@ -7,7 +7,6 @@ the app's own exit); later triggers join it. The numbered steps match docs/shutd
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -74,6 +73,9 @@ class AppTarget(Protocol):
 
 class DrainSource(Protocol):
     """What decides the drain's end beside the timer (agent.kube.endpoints_client.EndpointsWatch)."""
+
+    @property
+    def live(self) -> bool: ...
 
     def ending(self, started: float, drain_delay: float) -> Ending: ...
 
@@ -211,9 +213,8 @@ class Shutdown:
             return
         ends = f"for {format_duration(cfg.drain_delay)}"
         if self.endpoints is not None and cfg.endpoints is not None:
-            ending = self._ending()
-            if ending.ended_by is EndedBy.TIMER and ending.why.startswith("the EndpointSlices are not followed"):
-                ends += f" ({ending.why})"
+            if not self.endpoints.live:
+                ends += f" ({self._ending().why})"
             else:
                 ends = (f"until the pod has left its EndpointSlices plus {format_duration(cfg.endpoints.margin)} (at "
                         f"least {format_duration(cfg.endpoints.min)}, at most {format_duration(cfg.drain_delay)})")
@@ -404,11 +405,7 @@ class Shutdown:
 
     async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> None:
         """Sleep `seconds`, or less when told to hurry or when `wake` is set."""
-        if wake is None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.hurry.wait(), seconds)
-            return
-        waits = [asyncio.ensure_future(self.hurry.wait()), asyncio.ensure_future(wake.wait())]
+        waits = [asyncio.ensure_future(flag.wait()) for flag in (self.hurry, wake) if flag is not None]
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:

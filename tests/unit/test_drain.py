@@ -137,6 +137,10 @@ class SlicesSource:
         self.tracker, self.cfg = tracker, cfg
         self.event = asyncio.Event()
 
+    @property
+    def live(self) -> bool:
+        return self.tracker.synced
+
     def ending(self, started: float, drain_delay: float) -> Ending:
         return drain_end(started, drain_delay, self.cfg, self.tracker)
 
