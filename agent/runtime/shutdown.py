@@ -128,11 +128,11 @@ class Shutdown:
                  on_drain: Callable[[EndedBy, float], None] = lambda ended_by, seconds: None,
                  connections: Callable[[int], int] = established_connections,
                  endpoints: DrainSource | None = None,
-                 clock: Callable[[], float] = time.monotonic, tasks: Tasks | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, tasks: Tasks) -> None:
         self.health, self.config, self.target = health, config, target
         self.on_outcome, self.on_drain, self.connections, self.clock = on_outcome, on_drain, connections, clock
         self.endpoints = endpoints
-        self.tasks = tasks or Tasks()
+        self.tasks = tasks
         self.report = Report()
         self.drained = asyncio.Event()  # readiness has failed for the whole drain
         self.stopped = asyncio.Event()  # the sequence is over; the agent may exit
