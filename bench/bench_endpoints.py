@@ -146,7 +146,11 @@ def agent_round(api: ApiServer, ns: str, account: Path, endpoints: bool, settle:
         rss = process.memory_info().rss // 1024
         cpu0, t0 = cpu_seconds(process), time.monotonic()
         time.sleep(idle)
-        return rss, (cpu_seconds(process) - cpu0) / (time.monotonic() - t0) * 100
+        cpu = (cpu_seconds(process) - cpu0) / (time.monotonic() - t0) * 100
+        if endpoints:  # read after the figures: they are the watch's only if it ran (not the timer's fallback)
+            state = agent.status()["endpoints"]
+            assert state["live"], f"the watch is not live: {state['state']}, {state['reason']}"
+        return rss, cpu
 
 
 def cpu_seconds(process: psutil.Process) -> float:
