@@ -23,6 +23,7 @@ Every process it starts is stopped by its pid; all traffic stays on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -65,6 +66,7 @@ LIBRARIES = {
 
 
 PYCACHE = tempfile.mkdtemp(prefix="bench-endpoints-pycache-")
+atexit.register(shutil.rmtree, PYCACHE, ignore_errors=True)  # also when a round fails
 # Over os.environ, for every measured interpreter: modules compiled once into PYCACHE, then read from it (an empty
 # PYTHONDONTWRITEBYTECODE is the same as none).
 COMPILED = {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": PYCACHE}
@@ -196,7 +198,6 @@ def main() -> None:
     if "agent" in parts:
         report["agent"] = part_agent(args.rounds, args.slices, args.settle, args.idle)
     print(json.dumps(report, indent=1))
-    shutil.rmtree(PYCACHE, ignore_errors=True)
 
 
 if __name__ == "__main__":
