@@ -202,7 +202,9 @@ def build_pause() -> Path:
 # ------------------------------------------------------------------------------------------------ certificates
 
 
-def _openssl_cert(pki: Path, name: str, subject: str, *, ca: bool = False, sans: str = "", server: bool = False) -> None:
+def make_cert(pki: Path, name: str, subject: str, *, ca: bool = False, sans: str = "", server: bool = False) -> None:
+    """NAME.key and NAME.crt in `pki`: the CA itself (`ca`), else signed by pki/ca.*; a client certificate, or a
+    serving one too (`server`), for the subjectAltNames `sans` (openssl's syntax: IP:...,DNS:...)."""
     key, crt = pki / f"{name}.key", pki / f"{name}.crt"
     run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key])
     if ca:
@@ -223,17 +225,22 @@ def make_pki(state: State) -> None:
     """A CA, the API server's serving certificate, one client certificate per component, the service-account keys."""
     pki = state.pki
     pki.mkdir(parents=True)
-    _openssl_cert(pki, "ca", "/CN=sidecar-agent-cluster-ca", ca=True)
+    make_cert(pki, "ca", "/CN=sidecar-agent-cluster-ca", ca=True)
     sans = (f"IP:{NODE_IP},IP:127.0.0.1,IP:{SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
             "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")
-    _openssl_cert(pki, "apiserver", "/CN=kube-apiserver", sans=sans, server=True)
-    _openssl_cert(pki, "kubelet-serving", f"/CN={NODE}", sans=f"IP:{NODE_IP},DNS:{NODE}", server=True)
+    make_cert(pki, "apiserver", "/CN=kube-apiserver", sans=sans, server=True)
+    make_cert(pki, "kubelet-serving", f"/CN={NODE}", sans=f"IP:{NODE_IP},DNS:{NODE}", server=True)
     for name, subject in (("admin", "/O=system:masters/CN=sidecar-agent-admin"),
                           ("controller-manager", "/CN=system:kube-controller-manager"),
                           ("scheduler", "/CN=system:kube-scheduler"),
                           ("kubelet", f"/O=system:nodes/CN=system:node:{NODE}"),
                           ("kube-proxy", "/CN=system:kube-proxy")):
-        _openssl_cert(pki, name, subject)
+        make_cert(pki, name, subject)
+    make_service_account_keys(pki)
+
+
+def make_service_account_keys(pki: Path) -> None:
+    """sa.key and sa.pub: the key pair the API server signs and checks service-account tokens with."""
     run(["openssl", "genrsa", "-out", pki / "sa.key", "2048"])
     run(["openssl", "rsa", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub"])
 
@@ -594,24 +601,34 @@ def _kubectl_ok(state: State, *args: str) -> bool:
     return proc.returncode == 0
 
 
+def etcd_command(data_dir: Path, client_url: str, peer_url: str) -> list[str | Path]:
+    """A one-member etcd for the API server alone: no fsync (its data lives as long as the test)."""
+    return [BIN / "etcd", "--name", "default", "--data-dir", data_dir,
+            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"default={peer_url}", "--unsafe-no-fsync", "--log-level", "warn"]
+
+
+def apiserver_command(pki: Path, etcd_url: str, address: str, port: int, service_cidr: str) -> list[str | Path]:
+    """kube-apiserver on address:port with the PKI of make_cert and make_service_account_keys (apiserver.*, ca.*,
+    sa.*); the caller adds its authorization mode and whatever else it needs."""
+    return [BIN / "kube-apiserver", f"--etcd-servers={etcd_url}", f"--bind-address={address}",
+            f"--advertise-address={address}", f"--secure-port={port}",
+            f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
+            f"--client-ca-file={pki}/ca.crt", f"--service-cluster-ip-range={service_cidr}",
+            f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
+            "--service-account-issuer=https://kubernetes.default.svc", "--profiling=false", "--v=1"]
+
+
 def start_control_plane(state: State) -> None:
     """etcd, the API server (waited for), the controller manager and the scheduler."""
     pki = state.pki
-    start_daemon(state, "etcd", [BIN / "etcd", "--name", "default", "--data-dir", state.root / "etcd",
-                                 "--listen-client-urls", ETCD_CLIENT, "--advertise-client-urls", ETCD_CLIENT,
-                                 "--listen-peer-urls", ETCD_PEER, "--initial-advertise-peer-urls", ETCD_PEER,
-                                 "--initial-cluster", f"default={ETCD_PEER}", "--unsafe-no-fsync",
-                                 "--log-level", "warn"])
+    start_daemon(state, "etcd", etcd_command(state.root / "etcd", ETCD_CLIENT, ETCD_PEER))
     start_daemon(state, "kube-apiserver", [
-        BIN / "kube-apiserver", f"--etcd-servers={ETCD_CLIENT}", f"--bind-address={NODE_IP}",
-        f"--advertise-address={NODE_IP}", f"--secure-port={API_PORT}",
-        f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
-        f"--client-ca-file={pki}/ca.crt", f"--service-cluster-ip-range={SERVICE_CIDR}",
-        f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
-        "--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=Node,RBAC",
+        *apiserver_command(pki, ETCD_CLIENT, NODE_IP, API_PORT, SERVICE_CIDR), "--authorization-mode=Node,RBAC",
         f"--kubelet-client-certificate={pki}/admin.crt", f"--kubelet-client-key={pki}/admin.key",
         # The node's name resolves nowhere (no DNS for it): reach the kubelet (logs, exec) at its address.
-        "--kubelet-preferred-address-types=InternalIP", "--allow-privileged=true", "--profiling=false", "--v=1"])
+        "--kubelet-preferred-address-types=InternalIP", "--allow-privileged=true"])
     wait_for("the API server's /readyz", lambda: _kubectl_ok(state, "get", "--raw", "/readyz"), 90)
     log("the API server is ready")
     cm_kubeconfig, sched_kubeconfig = state.root / "controller-manager.kubeconfig", state.root / "scheduler.kubeconfig"
