@@ -31,7 +31,9 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.4"  # the etcd server k8s.io/kubernetes v1.34.4 requires (go.mod); Debian's 3.4 is older
 PAUSE_TAG = "3.10.1"  # build/pause/Makefile of that version
@@ -586,14 +588,17 @@ def remove_chains() -> None:
 # ------------------------------------------------------------------------------------------------ up and down
 
 
-def wait_for(what: str, probe: Callable[[], object], timeout: float) -> None:
-    """Polls a callable until it returns true; a ClusterError naming `what` after the timeout."""
+def wait_for(what: str, probe: Callable[[], T], timeout: float, interval: float = 0.5) -> T:
+    """Polls a callable until it returns something true, and returns that; a ClusterError naming `what` after the
+    timeout (the tests' waits too: tests/cluster/harness.py)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if probe():
-            return
-        time.sleep(0.5)
-    raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
 
 
 def _kubectl_ok(state: State, *args: str) -> bool:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -43,16 +42,7 @@ def cluster_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False)
 
 
-def wait_until(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Polls until probe() is truthy; its value, or an AssertionError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+wait_until = tool.wait_for  # (what, probe, timeout, interval=0.5): probe()'s first true value, else ClusterError
 
 
 class Cluster:
