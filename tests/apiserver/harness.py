@@ -8,7 +8,6 @@ stopped by their pids.
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import subprocess
 import time
@@ -21,15 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.harness import tool
+from tests.servers import free_port
 
 BIN: Path = tool.BIN
 START_BOUND = 180.0  # seconds for etcd and the API server to come up on a loaded machine: a bound for a hang only
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_pki(pki: Path) -> None:
