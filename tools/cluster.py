@@ -89,13 +89,12 @@ def log(message: str) -> None:
 STARTED = time.monotonic()
 
 
-def run(cmd: Sequence[str | Path], *, check: bool = True, capture: bool = True, **kwargs: object) -> str:
+def run(cmd: Sequence[str | Path], *, check: bool = True, **kwargs: object) -> str:
     """Runs a command to completion; its stdout, or a ClusterError with its output's end."""
-    proc = subprocess.run([str(c) for c in cmd], capture_output=capture, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
     if check and proc.returncode != 0:
-        out = ((proc.stdout or "") + (proc.stderr or ""))[-2000:] if capture else ""
-        raise ClusterError(f"{' '.join(str(c) for c in cmd)} exited {proc.returncode}\n{out}")
-    return str(proc.stdout or "")
+        raise ClusterError(f"{' '.join(str(c) for c in cmd)} exited {proc.returncode}\n{(proc.stdout + proc.stderr)[-2000:]}")
+    return str(proc.stdout)
 
 
 # --------------------------------------------------------------------------------------------- the state dir
@@ -263,13 +262,18 @@ def write_kubeconfig(state: State, path: Path, user: str) -> None:
 # ------------------------------------------------------------------------------------------------ processes
 
 
-def _start_time(pid: int) -> str | None:
-    # Field 22 of /proc/PID/stat: the start time tells a recorded process from a later one with its pid.
+def _stat(pid: int) -> list[str] | None:
+    # /proc/PID/stat from field 3 (the state) on: the command's name before it, in parentheses, may hold spaces.
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _start_time(pid: int) -> str | None:
+    # Field 22: the start time tells a recorded process from a later one with its pid.
+    stat = _stat(pid)
+    return stat[19] if stat else None
 
 
 def _cgroup_dirs(sub: str = "") -> list[Path]:
@@ -300,7 +304,7 @@ def _join_harness_cgroup() -> None:
         (path / "cgroup.procs").write_text(pid)
 
 
-def start_daemon(state: State, name: str, cmd: Sequence[str | Path], *, in_mountns: bool = False) -> int:
+def start_daemon(state: State, name: str, cmd: Sequence[str | Path], *, in_mountns: bool = False) -> None:
     """Starts a daemon in the background, its output in logs/NAME.log, its pid recorded."""
     argv = [str(c) for c in cmd]
     if in_mountns:
@@ -315,7 +319,6 @@ def start_daemon(state: State, name: str, cmd: Sequence[str | Path], *, in_mount
     proc.returncode = 0
     if os.environ.get(FAIL_AT_ENV) == name:
         raise ClusterError(f"failing on purpose after starting {name} ({FAIL_AT_ENV})")
-    return proc.pid
 
 
 def read_pid(state: State, name: str) -> int | None:
@@ -346,10 +349,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        stat = None
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat is None or stat.rsplit(")", 1)[1].split()[0] == "Z":
+        stat = _stat(pid)
+        if stat is None or stat[0] == "Z":
             return True
         time.sleep(0.1)
     return False
