@@ -81,6 +81,21 @@ class Cluster:
                    lambda: self.kubectl("get", "-n", name, "serviceaccount", "default", check=False).returncode == 0, 60)
         return name
 
+    def existing_namespace(self, name: str) -> str:
+        """The namespace as it is, or made (with namespace()) when missing: for modules whose tests share it."""
+        if self.kubectl("get", "namespace", name, check=False).returncode != 0:
+            self.namespace(name)
+        return name
+
+    def job_outcome(self, namespace: str, name: str = "") -> str | None:
+        """`Complete` or `Failed` once a Job (or the first of the namespace's Jobs to finish) has finished; else None."""
+        jobs = [self.get("job", "-n", namespace, name)] if name else self.get("jobs", "-n", namespace)["items"]
+        for job in jobs:
+            for cond in job.get("status", {}).get("conditions", []):
+                if cond["status"] == "True" and cond["type"] in ("Complete", "Failed"):
+                    return str(cond["type"])
+        return None
+
     def pods(self, namespace: str, selector: str = "") -> list[dict[str, Any]]:
         """The pods of a namespace, optionally selected by labels."""
         args = ["pods", "-n", namespace] + (["-l", selector] if selector else [])

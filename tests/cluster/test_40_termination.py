@@ -24,11 +24,6 @@ GRACE = 30.0  # the pods' terminationGracePeriodSeconds (tests/cluster/workloads
 MODES = [(None, "native"), ("1.29", "native-1.29"), ("1.28", "regular-1.28")]
 
 
-def _ns(cluster: Cluster) -> None:
-    if cluster.kubectl("get", "namespace", NS, check=False).returncode != 0:
-        cluster.namespace(NS)
-
-
 def _time(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
@@ -56,7 +51,7 @@ def _watch_until_deleted(proc: subprocess.Popen[str], timeout: float) -> dict[st
 
 @pytest.mark.parametrize(("version", "mode"), MODES, ids=[m for _, m in MODES])
 def test_termination_order(cluster: Cluster, version: str | None, mode: str) -> None:
-    _ns(cluster)
+    cluster.existing_namespace(NS)
     name = f"term-{mode.replace('.', '')}"
     cluster.kubectl("delete", "pod", "-n", NS, name, "--ignore-not-found")
     cluster.apply(inject(pod(name), version), "-n", NS)
@@ -112,19 +107,12 @@ def job(name: str) -> str:
 
 @pytest.mark.parametrize(("version", "mode"), [(None, "native"), ("1.28", "regular-1.28")], ids=["native", "regular-1.28"])
 def test_an_injected_job_succeeds(cluster: Cluster, version: str | None, mode: str) -> None:
-    _ns(cluster)
+    cluster.existing_namespace(NS)
     name = f"job-{mode.replace('.', '')}"
     cluster.kubectl("delete", "job", "-n", NS, name, "--ignore-not-found")
     started = time.monotonic()
     cluster.apply(inject(job(name), version), "-n", NS)
-
-    def done() -> str | None:
-        for cond in cluster.get("job", "-n", NS, name).get("status", {}).get("conditions", []):
-            if cond["status"] == "True" and cond["type"] in ("Complete", "Failed"):
-                return str(cond["type"])
-        return None
-
-    assert wait_until(f"Job {name} to finish", done, 120, 1) == "Complete"
+    assert wait_until(f"Job {name} to finish", lambda: cluster.job_outcome(NS, name), 120, 1) == "Complete"
     pods = cluster.pods(NS, f"job-name={name}")
     assert [p["status"]["phase"] for p in pods] == ["Succeeded"]
     print(f"{mode}: Job complete in {time.monotonic() - started:.1f} s")
