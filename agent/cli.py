@@ -20,6 +20,7 @@ import yaml
 from agent import DEFAULT_KUBERNETES, IMAGE, __version__, checks, logs
 from agent.checks import PluginError
 from agent.config import ANY_HOST, CONFIG_TEXT_ENV, DEFAULT_CONFIG, DEFAULT_LISTEN, Config, ConfigError, dump, json_schema, load
+from agent.kube.drain import Drain
 from agent.kube.versions import FALLBACK, Chosen, Source
 from agent.probes import Probe
 from agent.runtime import threads, watchdog
@@ -33,6 +34,7 @@ class UsageError(Exception):
     """Bad input from the user: printed as is, exit code 2."""
 
 
+DRAINS = [drain.value for drain in Drain]
 DRAIN_HELP = ("how the drain ends: timer (drain_delay; the app's preStop sleeps) or endpoints (when the pod has left its "
               "EndpointSlices: the downward-API env added, the app's preStop waits on /prestop/wait); a pod's "
               "sidecar-agent.io/drain annotation overrides it (default: %(default)s)")
@@ -68,8 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                         f"sleep from 1.30 (default: {KUBERNETES})")
     inject.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
     inject.add_argument("--remove", action="store_true", help="take an injection back out, restoring the pod templates")
-    inject.add_argument("--drain", choices=("timer", "endpoints"), default="timer",
-                        help=DRAIN_HELP)
+    inject.add_argument("--drain", choices=DRAINS, default=Drain.TIMER.value, help=DRAIN_HELP)
     stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a native sidecar's "
                           "preStop hook): the agent drains, then serves until its SIGTERM")
     stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit?exit=sigterm on loopback at the port "
@@ -85,8 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                       f"every minute, and {FALLBACK[0]}.{FALLBACK[1]}'s mode, which works on every kubelet, until a read "
                       f"succeeds and whenever one fails (default: {KUBERNETES})")
     hook.add_argument("--image", default=IMAGE, help="the agent's image (default: %(default)s)")
-    hook.add_argument("--drain", choices=("timer", "endpoints"), default="timer",
-                      help=DRAIN_HELP)
+    hook.add_argument("--drain", choices=DRAINS, default=Drain.TIMER.value, help=DRAIN_HELP)
     return parser
 
 
@@ -261,7 +261,6 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except webhook.CertificateError as exc:
         raise UsageError(f"sidecar-agent: --tls-cert/--tls-key: {exc}") from None
     from agent.inject import Options
-    from agent.inject.api import Drain
 
     api = None
     if auto:
@@ -295,7 +294,6 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def cmd_inject(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from agent.inject import Options
-    from agent.inject.api import Drain
     from agent.inject.documents import run
     from agent.lint import InputError
 

@@ -23,10 +23,10 @@ Every process it starts is stopped by its pid; all traffic stays on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,12 +34,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.testing import run_agent  # noqa: E402
 from tests.apiserver.harness import ApiServer, missing, running  # noqa: E402
 
-TICKS = os.sysconf("SC_CLK_TCK")
 RSS_SCRIPT = """
 import gc, sys
 def rss():
@@ -64,14 +66,10 @@ LIBRARIES = {
 
 
 PYCACHE = tempfile.mkdtemp(prefix="bench-endpoints-pycache-")
-
-
-def compiled_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a measured interpreter: modules compiled once into PYCACHE, then read from it."""
-    env = dict(os.environ if env is None else env)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = PYCACHE
-    return env
+atexit.register(shutil.rmtree, PYCACHE, ignore_errors=True)  # also when a round fails
+# Over os.environ, for every measured interpreter: modules compiled once into PYCACHE, then read from it (an empty
+# PYTHONDONTWRITEBYTECODE is the same as none).
+COMPILED = {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": PYCACHE}
 
 
 def added_kib(python: str, base: str, more: str, rounds: int = 5) -> int:
@@ -80,7 +78,7 @@ def added_kib(python: str, base: str, more: str, rounds: int = 5) -> int:
     values = []
     for index in range(rounds + 1):
         done = subprocess.run([python, "-c", RSS_SCRIPT, base, more], capture_output=True, text=True, check=True,
-                              timeout=120, cwd=ROOT, env=compiled_env())
+                              timeout=120, cwd=ROOT, env={**os.environ, **COMPILED})
         if index == 0:
             continue
         values.append(int(done.stdout.strip()))
@@ -136,39 +134,30 @@ def prepare(api: ApiServer, root: Path, slices: int) -> tuple[str, Path]:
     return ns, account
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-
-
 def agent_round(api: ApiServer, ns: str, account: Path, endpoints: bool, settle: float,
                 idle: float) -> tuple[int, float]:
     """(RSS KiB after settling, CPU % of a core over the idle window) of one agent."""
     config = "checks: {}\nshutdown: {drain_delay: 5s" + (", endpoints: {enabled: true}}" if endpoints else "}") + "\n"
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        handle.write(config)
-    env = {**compiled_env(), "KUBERNETES_SERVICE_HOST": api.host, "KUBERNETES_SERVICE_PORT": str(api.port),
+    env = {**COMPILED, "KUBERNETES_SERVICE_HOST": api.host, "KUBERNETES_SERVICE_PORT": str(api.port),
            "POD_NAME": "web-0", "POD_NAMESPACE": ns, "POD_IPS": "10.1.0.7",
            "SIDECAR_AGENT_SERVICE_ACCOUNT_DIR": str(account)}
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", handle.name, "--listen", "127.0.0.1:0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
-    try:
+    with run_agent(config, env=env) as agent:
+        process = psutil.Process(agent.proc.pid)
         time.sleep(settle)
-        assert proc.poll() is None, "the agent exited"
-        rss = rss_kib(proc.pid)
-        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        assert agent.proc.poll() is None, "the agent exited"
+        rss = process.memory_info().rss // 1024
+        cpu0, t0 = cpu_seconds(process), time.monotonic()
         time.sleep(idle)
-        cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0) * 100
+        cpu = (cpu_seconds(process) - cpu0) / (time.monotonic() - t0) * 100
+        if endpoints:  # read after the figures: they are the watch's only if it ran (not the timer's fallback)
+            state = agent.status()["endpoints"]
+            assert state["live"], f"the watch is not live: {state['state']}, {state['reason']}"
         return rss, cpu
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        os.unlink(handle.name)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    used = process.cpu_times()
+    return float(used.user + used.system)
 
 
 def part_agent(rounds: int, slices: int, settle: float, idle: float) -> dict[str, object]:
@@ -209,7 +198,6 @@ def main() -> None:
     if "agent" in parts:
         report["agent"] = part_agent(args.rounds, args.slices, args.settle, args.idle)
     print(json.dumps(report, indent=1))
-    shutil.rmtree(PYCACHE, ignore_errors=True)
 
 
 if __name__ == "__main__":

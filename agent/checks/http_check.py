@@ -14,7 +14,7 @@ import aiohttp
 
 from agent import __version__
 from agent.checks import CheckContext, CheckFailure, CheckSpec, CheckType
-from agent.checks.tcp_check import connect, numeric_address
+from agent.checks.tcp_check import numeric_address, open_first
 from agent.fields import Bool, Enum, Field, Regex, StatusRange, StrMap, Url, optional, redact_url
 from agent.units import is_loopback_host
 
@@ -72,7 +72,7 @@ class HttpCheck:
         """Plain http to an IP address: the request on a bare non-blocking socket, new for every run like the
         kubelet's, and only as much of the answer read as the check needs (the head; the body with expect_body)."""
         loop = asyncio.get_running_loop()
-        sock = await _open(loop, direct)
+        sock = await open_first(loop, direct.addresses, direct.where)
         try:
             try:
                 await loop.sock_sendall(sock, direct.request)
@@ -100,30 +100,6 @@ class _Direct:
     addresses: list[tuple[int, Any]]
     where: str  # host:port, as the messages name it
     request: bytes
-
-
-async def _open(loop: asyncio.AbstractEventLoop, direct: _Direct) -> socket.socket:
-    """A connected socket to the first address that takes the connection; CheckFailure naming the last error."""
-    last: OSError | None = None
-    for family, address in direct.addresses:
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:  # no IPv6 in this kernel: the other loopback may still answer
-            last = exc
-            continue
-        try:
-            await connect(loop, sock, address)
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    if isinstance(last, ConnectionRefusedError):
-        raise CheckFailure(f"connection refused by {direct.where}")
-    raise CheckFailure(f"cannot connect to {direct.where}: {getattr(last, 'strerror', None) or last}")
 
 
 def _direct_request(params: Params) -> _Direct | None:

@@ -32,18 +32,9 @@ class TcpCheck:
 
     async def run(self) -> str:
         targets = self.numeric or await self._resolve()
-        loop = asyncio.get_running_loop()
-        last: OSError | None = None
-        for family, address in targets:
-            try:
-                await connect_to(loop, family, address)
-            except OSError as exc:
-                last = exc
-                continue
-            return f"connected to {self.where}"
-        if isinstance(last, ConnectionRefusedError):
-            raise CheckFailure(f"connection refused by {self.where}")
-        raise CheckFailure(f"cannot connect to {self.where}: {getattr(last, 'strerror', None) or last}")
+        # A bare non-blocking socket, closed once connected: no transport or stream pair to build and tear down.
+        (await open_first(asyncio.get_running_loop(), targets, self.where)).close()
+        return f"connected to {self.where}"
 
     async def _resolve(self) -> list[tuple[int, Any]]:
         """The host's addresses. One lookup at a time: a lookup that outlived a timed-out run is awaited
@@ -68,12 +59,30 @@ class TcpCheck:
             self._lookup.cancel()
 
 
-async def connect_to(loop: asyncio.AbstractEventLoop, family: int, address: Any) -> None:
-    """Open a connection to `address` and close it: a bare non-blocking socket, no transport or stream pair to build
-    and tear down. OSError when it cannot (also when the kernel lacks the family: an IPv6 loopback on a host without
-    IPv6)."""
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        await connect(loop, sock, address)
+async def open_first(loop: asyncio.AbstractEventLoop, targets: list[tuple[int, Any]], where: str) -> socket.socket:
+    """A socket connected to the first of `targets` ((family, address) pairs) that takes the connection, tried in
+    turn (both loopbacks for `localhost`); CheckFailure naming `where` and the last error when none does. A family
+    the kernel lacks (an IPv6 loopback on a host without IPv6) counts as one more refusal."""
+    last: OSError | None = None
+    for family, address in targets:
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            last = exc
+            continue
+        try:
+            await connect(loop, sock, address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if isinstance(last, ConnectionRefusedError):
+        raise CheckFailure(f"connection refused by {where}")
+    raise CheckFailure(f"cannot connect to {where}: {getattr(last, 'strerror', None) or last}")
 
 
 async def connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: Any) -> None:

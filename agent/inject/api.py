@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent import DEFAULT_KUBERNETES, IMAGE
+from agent.kube.drain import Drain
 from agent.kube.versions import Source
+
+__all__ = ["Drain", "InjectError", "Options", "Outcome"]
 
 
 class InjectError(Exception):
@@ -16,13 +18,6 @@ class InjectError(Exception):
     def __init__(self, message: str, path: tuple[str | int, ...] = ()) -> None:
         super().__init__(message)
         self.path = path
-
-
-class Drain(enum.Enum):
-    """How the injected agent ends the drain: `--drain` and the annotation sidecar-agent.io/drain."""
-
-    TIMER = "timer"  # drain_delay; the app's preStop sleeps it (>= 1.30)
-    ENDPOINTS = "endpoints"  # when the pod has left its EndpointSlices; the app's preStop waits on /prestop/wait
 
 
 @dataclass(frozen=True)

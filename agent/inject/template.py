@@ -85,7 +85,7 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
         raise InjectError(f"spec.{exc}", ("spec", *exc.path)) from None
     guaranteed = before is QosClass.GUARANTEED and not pod_level(result["spec"])
     endpoints = not job and _drain(result, options) is Drain.ENDPOINTS
-    hooks_or_refusal = [] if job else _pre_stops(result["spec"], version, endpoints)
+    hooks_or_refusal = [] if job else _pre_stops(result["spec"])
     if isinstance(hooks_or_refusal, str):
         return _skip(result, hooks_or_refusal)
     edit = Editor(result)
@@ -98,8 +98,8 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     extra = settings.annotation_checks(_mapping(result.get("metadata"), "annotations"))
     generated, kept, own = _probes(edit, spec, job, notes)
     for base, hook, note in hooks_or_refusal:
-        if hook == hooks.app_pre_stop(version, wait=endpoints) and own.get(base[-1]):
-            hook = hooks.app_pre_stop(version, own[base[-1]], wait=endpoints)
+        if hook is AGENT_HOOK:  # the container had none: the agent's, naming its own liveness and startup checks
+            hook = hooks.app_pre_stop(version, own.get(base[-1], ()), wait=endpoints)
         if note:
             notes.append(note)
         if hook is not None:
@@ -202,15 +202,19 @@ def _drain(template: Mapping[str, Any], options: Options) -> Drain:
                           ("metadata", "annotations", DRAIN)) from None
 
 
-def _pre_stops(spec: Mapping[str, Any], version: tuple[int, int],
-               wait: bool = False) -> list[tuple[Path, dict[str, Any] | None, str | None]] | str:
-    """Each app container's preStop hook to write (None: keep its own) with a note, or why the pod cannot be injected."""
+# In _pre_stops' plan: the container has no hook, so it gets the agent's (made once its checks are known).
+AGENT_HOOK: dict[str, Any] = {}
+
+
+def _pre_stops(spec: Mapping[str, Any]) -> list[tuple[Path, dict[str, Any] | None, str | None]] | str:
+    """Each app container's preStop hook to write (None: keep its own; AGENT_HOOK: the agent's) with a note, or why
+    the pod cannot be injected."""
     planned: list[tuple[Path, dict[str, Any] | None, str | None]] = []
     for index, c in enumerate(spec["containers"]):
         base: Path = ("spec", "containers", index)
         hook = _mapping(c, "lifecycle").get("preStop")
         if hook is None:
-            planned.append((base, hooks.app_pre_stop(version, wait=wait), None))
+            planned.append((base, AGENT_HOOK, None))
             continue
         plan = hooks.existing(hook if isinstance(hook, Mapping) else {})
         if plan.refuse:

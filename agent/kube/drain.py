@@ -1,9 +1,16 @@
-"""When a drain ends and what ends it: a leaf that the shutdown sequence and the endpoints core both read."""
+"""How a drain ends and what ended it: a leaf that inject, the CLI, the shutdown sequence and the endpoints core read."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+
+class Drain(enum.Enum):
+    """How an injected agent ends the drain: `--drain` and the annotation sidecar-agent.io/drain."""
+
+    TIMER = "timer"  # drain_delay; the app's preStop sleeps it (>= 1.30)
+    ENDPOINTS = "endpoints"  # when the pod has left its EndpointSlices; the app's preStop waits on /prestop/wait
 
 
 class EndedBy(enum.Enum):

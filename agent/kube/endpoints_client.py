@@ -19,7 +19,6 @@ import ssl
 import sys
 from asyncio import sslproto
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,13 +26,13 @@ from urllib.parse import quote
 import aiohttp
 
 from agent.config import EndpointsConfig, EndpointsMode
+from agent.kube.api import SERVICE_ACCOUNT, ApiServer, ApiUnavailable, in_cluster
 from agent.kube.drain import Ending, timer
 from agent.kube.endpoints_state import Action, PodIdentity, SliceTracker, drain_end
 from agent.logs import event
 from agent.runtime.tasks import TaskKind, Tasks
 
 log = logging.getLogger("agent.endpoints")
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 # Another place for the service account's token, ca.crt and namespace: an agent run outside a pod, and the tests.
 SERVICE_ACCOUNT_ENV = "SIDECAR_AGENT_SERVICE_ACCOUNT_DIR"
 SLICES = "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
@@ -74,29 +73,16 @@ class Gone(Exception):
     """410: the resource version is too old to resume from; list again."""
 
 
-@dataclass(frozen=True)
-class ApiAccess:
-    """Where the API is and how to prove who the pod is: the service account's files, read when used."""
-
-    base: str
-    token_file: Path
-    ca_file: Path
-
-    @classmethod
-    def in_cluster(cls, env: Mapping[str, str], account: Path = SERVICE_ACCOUNT) -> ApiAccess | str:
-        """The in-cluster access, or why there is none."""
-        host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
-        if not host:
-            return "KUBERNETES_SERVICE_HOST is not set (not in a cluster)"
-        token, ca = account / "token", account / "ca.crt"
-        for path in (token, ca):
-            if not path.is_file():
-                return f"no service-account {path.name} at {path} (automountServiceAccountToken: false?)"
-        return cls(f"https://{f'[{host}]' if ':' in host else host}:{port}", token, ca)
-
-    def token(self) -> str:
-        """The token as it is now: the kubelet rewrites the projected file before it expires."""
-        return self.token_file.read_text().strip()
+def api_access(env: Mapping[str, str], account: Path) -> ApiServer | str:
+    """The in-cluster API server with its token and CA in place, or why there is none."""
+    try:
+        api = in_cluster(env, account)
+    except ApiUnavailable as exc:
+        return str(exc)
+    for path in (Path(api.token_file), Path(api.ca_file)):
+        if not path.is_file():
+            return f"no service-account {path.name} at {path} (automountServiceAccountToken: false?)"
+    return api
 
 
 def account_namespace(account: Path = SERVICE_ACCOUNT) -> str | None:
@@ -109,7 +95,7 @@ def account_namespace(account: Path = SERVICE_ACCOUNT) -> str | None:
 class EndpointsWatch:
     """The owned watch task and what the shutdown sequence asks of it (DrainSource: ending, changed)."""
 
-    def __init__(self, cfg: EndpointsConfig, access: ApiAccess | None, pod: PodIdentity | None, *,
+    def __init__(self, cfg: EndpointsConfig, access: ApiServer | None, pod: PodIdentity | None, *,
                  reason: str | None = None, clock: Callable[[], float],
                  on_live: Callable[[bool], None] = lambda live: None, watch_seconds: int = WATCH_SECONDS,
                  request_timeout: float = REQUEST_TIMEOUT) -> None:
@@ -163,15 +149,12 @@ class EndpointsWatch:
 
     # -- lifetime -------------------------------------------------------------------------------------------
 
-    def start(self, tasks: Tasks | None = None) -> None:
-        """Start the watch task, owned by `tasks` (the agent's: a failure is logged and counted there) or by this
-        object; nothing to start when the feature is off for want of credentials."""
+    def start(self, tasks: Tasks) -> None:
+        """Start the watch task, owned by `tasks` (the agent's: a failure is logged and counted there); nothing to
+        start when the feature is off for want of credentials."""
         if self.state is WatchState.OFF:
             return
-        if tasks is not None:
-            self._task = tasks.start(self._run(), TaskKind.ENDPOINTS, "endpoints-watch")
-        else:
-            self._task = asyncio.create_task(self._run(), name="endpoints-watch")
+        self._task = tasks.start(self._run(), TaskKind.ENDPOINTS, "endpoints-watch")
         self._task.add_done_callback(self._task_done)
 
     async def close(self) -> None:
@@ -270,7 +253,7 @@ class EndpointsWatch:
         if self._session is None:
             assert self.access is not None
             context = _AsciiHostContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
-            context.load_verify_locations(cafile=str(self.access.ca_file))  # the service account's CA only
+            context.load_verify_locations(cafile=self.access.ca_file)  # the service account's CA only
             # Process-wide, set only with the feature on: every later TLS connection of this agent (an https check
             # too) reads through a 16 KiB buffer instead of 256 KiB; nothing else changes (see TLS_READ_BUFFER).
             sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_BUFFER)
@@ -282,14 +265,14 @@ class EndpointsWatch:
 
     def _url(self, path: str) -> str:
         assert self.access is not None
-        return self.access.base + path
+        return self.access.url + path
 
     def _headers(self) -> dict[str, str]:
         assert self.access is not None
         try:
             token = self.access.token()
-        except OSError as exc:
-            raise ApiError(401, f"the token cannot be read: {exc.strerror}") from None
+        except ApiUnavailable as exc:
+            raise ApiError(401, str(exc)) from None
         return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
 
     async def _get_json(self, path: str) -> dict[str, Any]:
@@ -381,7 +364,7 @@ def build(cfg: EndpointsConfig, env: Mapping[str, str], *, clock: Callable[[], f
     """The watch for this pod, or an inert one saying why the drain stays the timer (logged once here).
     `account`: the service account's directory (default: $SIDECAR_AGENT_SERVICE_ACCOUNT_DIR, else the kubelet's)."""
     account = account or Path(env.get(SERVICE_ACCOUNT_ENV) or SERVICE_ACCOUNT)
-    access = ApiAccess.in_cluster(env, account)
+    access = api_access(env, account)
     pod = PodIdentity.from_env(env, account_namespace(account))
     reason = access if isinstance(access, str) else None
     if reason is None and pod is None:

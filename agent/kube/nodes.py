@@ -1,71 +1,26 @@
-"""The nodes' kubelet versions, read from the API server with the pod's service account: plain HTTPS over aiohttp.
-
-In a pod the API server is at $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, its CA and the service account's
-token are files under /var/run/secrets/kubernetes.io/serviceaccount. The token is a projected one that the kubelet
-renews (about hourly), so it is read again for every listing. The token never reaches a log or an error message.
-"""
+"""The nodes' kubelet versions, read from the API server with the pod's service account (agent.kube.api): plain
+HTTPS over aiohttp, the token read again for every page."""
 
 from __future__ import annotations
 
 import json
-import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from agent.units import format_address
+from agent.kube.api import ApiServer, ApiUnavailable, in_cluster
 
-ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+__all__ = ["PAGE", "ApiServer", "NodeListError", "in_cluster", "kubelet_versions"]
+
 PAGE = 500  # nodes per request: a large cluster's list comes in pages, never as one body of many megabytes
 TIMEOUT_SECONDS = 10.0
 MAX_PAGES = 200  # 100 000 nodes: a server that keeps answering `continue` cannot hold the reader forever
 
-
-class NodeListError(Exception):
-    """The nodes could not be listed; the message says why (never with the token)."""
-
-
-@dataclass(frozen=True)
-class ApiServer:
-    """Where the API server is and how to authenticate to it."""
-
-    url: str  # https://HOST:PORT
-    ca_file: str
-    token_file: str
-
-    def context(self) -> ssl.SSLContext:
-        """A client TLS context that trusts the cluster's CA only and checks the server's name."""
-        try:
-            return ssl.create_default_context(cafile=self.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise NodeListError(f"cannot load the cluster's CA {self.ca_file}: {getattr(exc, 'strerror', None) or exc}"
-                                ) from None
-
-    def token(self) -> str:
-        try:
-            with open(self.token_file, encoding="utf-8") as handle:
-                token = handle.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise NodeListError(f"cannot read the service account token {self.token_file}: "
-                                f"{getattr(exc, 'strerror', None) or exc}") from None
-        if not token:
-            raise NodeListError(f"the service account token {self.token_file} is empty")
-        return token
-
-
-def in_cluster(env: Mapping[str, str], account: str = ACCOUNT) -> ApiServer:
-    """The API server as a pod sees it; NodeListError when this is not a pod with a service account token."""
-    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
-    if not host or not port:
-        raise NodeListError("KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set: not running in a pod")
-    if not port.isdigit():
-        raise NodeListError(f"KUBERNETES_SERVICE_PORT is not a port: {port!r}")
-    return ApiServer(f"https://{format_address(host, int(port))}", os.path.join(account, "ca.crt"),
-                     os.path.join(account, "token"))
+# One error for every way the listing fails, the API's credentials included (agent.kube.api).
+NodeListError = ApiUnavailable
 
 
 async def kubelet_versions(api: ApiServer, session: aiohttp.ClientSession | None = None) -> list[tuple[str, str]]:

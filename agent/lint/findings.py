@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from agent.probes import HOOK_WINDOW
+
 
 class Severity(enum.StrEnum):
     """A rule's level: an error makes `lint` exit 1."""
@@ -74,7 +76,8 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("prestop-restart-held", INFO,
          "the kubelet also runs a preStop hook when it restarts the one container for a failed liveness or startup probe; "
          "this hook waits on `/prestop/wait`, but that probe does not ask the agent (or the hook does not name its check "
-         "with `?check=NAME`), so the agent holds the restart until no stop has begun for its window (5 s)"),
+         "with `?check=NAME`), so the agent holds the restart until no stop has begun for its window "
+         f"({HOOK_WINDOW:g} s)"),
     Rule("relay-without-shared-pid", ERROR,
          "the config finds the app with `app.match` (to relay the stop signal, or for process checks) but the pod neither "
          "sets `shareProcessNamespace: true` nor runs the app under `sidecar-agent exec`"),

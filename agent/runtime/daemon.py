@@ -76,7 +76,7 @@ class Agent:
         self.tasks = Tasks(self.metrics.count_task_failure)
         self.exec_slots = asyncio.Semaphore(config.agent.max_concurrent_exec)
         context = CheckContext(self.app, self.heartbeats, clock, self.reaper, self.exec_slots)
-        self.engine = Engine(self.health, self.metrics, context, scrub, clock, self.tasks)
+        self.engine = Engine(self.health, self.metrics, context, scrub, self.tasks, clock)
         self.watchdog = Watchdog(self.metrics.loop_lag, clock,
                                  on_failure=lambda exc: self.tasks.failed(TaskKind.WATCHDOG, "watchdog", exc))
         self.engine.on_result(self._maybe_running)

@@ -27,10 +27,10 @@ DEATH_WINDOW, DEATHS_UNHEALTHY = 60.0, 3  # so many poller deaths in the window 
 class Engine:
     """Owns one poller task per check: starts them, restarts one that dies, swaps them on reload, closes them."""
 
-    def __init__(self, health: Health, metrics: Metrics, ctx: CheckContext, scrub: Scrubber,
-                 clock: Callable[[], float] = time.monotonic, tasks: Tasks | None = None) -> None:
+    def __init__(self, health: Health, metrics: Metrics, ctx: CheckContext, scrub: Scrubber, tasks: Tasks,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.health, self.metrics, self.ctx, self.scrub, self.clock = health, metrics, ctx, scrub, clock
-        self.tasks = tasks or Tasks(metrics.count_task_failure)
+        self.tasks = tasks
         self.specs: dict[str, CheckSpec[object]] = {s.name: s for s in health.specs}
         self.checks: dict[str, Check] = {s.name: load_type(s.type).create(s, ctx) for s in health.specs}
         self.pollers: dict[str, asyncio.Task[None]] = {}

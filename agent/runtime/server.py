@@ -62,10 +62,9 @@ class ProbeServer:
 
     def __init__(self, health: Health, metrics: Metrics, *, status: Callable[[], Awaitable[dict[str, Any]]],
                  agent_live: Callable[[], list[str]], heartbeats: dict[str, float], controls: Controls,
-                 token: str | None = None, clock: Callable[[], float] = time.monotonic,
-                 tasks: Tasks | None = None) -> None:
+                 tasks: Tasks, token: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.health, self.metrics, self.status, self.agent_live = health, metrics, status, agent_live
-        self.tasks = tasks or Tasks(metrics.count_task_failure)
+        self.tasks = tasks
         self.controls, self.token = controls, token
         self.heartbeats, self.clock = heartbeats, clock
         self.heartbeat_checks = {s.name for s in health.specs if s.type == "heartbeat"}

@@ -7,7 +7,6 @@ the app's own exit); later triggers join it. The numbered steps match docs/shutd
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -75,6 +74,9 @@ class AppTarget(Protocol):
 class DrainSource(Protocol):
     """What decides the drain's end beside the timer (agent.kube.endpoints_client.EndpointsWatch)."""
 
+    @property
+    def live(self) -> bool: ...
+
     def ending(self, started: float, drain_delay: float) -> Ending: ...
 
     def changed(self) -> asyncio.Event: ...
@@ -126,11 +128,11 @@ class Shutdown:
                  on_drain: Callable[[EndedBy, float], None] = lambda ended_by, seconds: None,
                  connections: Callable[[int], int] = established_connections,
                  endpoints: DrainSource | None = None,
-                 clock: Callable[[], float] = time.monotonic, tasks: Tasks | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, tasks: Tasks) -> None:
         self.health, self.config, self.target = health, config, target
         self.on_outcome, self.on_drain, self.connections, self.clock = on_outcome, on_drain, connections, clock
         self.endpoints = endpoints
-        self.tasks = tasks or Tasks()
+        self.tasks = tasks
         self.report = Report()
         self.drained = asyncio.Event()  # readiness has failed for the whole drain
         self.stopped = asyncio.Event()  # the sequence is over; the agent may exit
@@ -211,9 +213,8 @@ class Shutdown:
             return
         ends = f"for {format_duration(cfg.drain_delay)}"
         if self.endpoints is not None and cfg.endpoints is not None:
-            ending = self._ending()
-            if ending.ended_by is EndedBy.TIMER and ending.why.startswith("the EndpointSlices are not followed"):
-                ends += f" ({ending.why})"
+            if not self.endpoints.live:
+                ends += f" ({self._ending().why})"
             else:
                 ends = (f"until the pod has left its EndpointSlices plus {format_duration(cfg.endpoints.margin)} (at "
                         f"least {format_duration(cfg.endpoints.min)}, at most {format_duration(cfg.drain_delay)})")
@@ -404,11 +405,7 @@ class Shutdown:
 
     async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> None:
         """Sleep `seconds`, or less when told to hurry or when `wake` is set."""
-        if wake is None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.hurry.wait(), seconds)
-            return
-        waits = [asyncio.ensure_future(self.hurry.wait()), asyncio.ensure_future(wake.wait())]
+        waits = [asyncio.ensure_future(flag.wait()) for flag in (self.hurry, wake) if flag is not None]
         try:
             await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -19,6 +19,7 @@ from agent.config import EndpointsConfig, EndpointsMode
 from agent.kube import endpoints_client
 from agent.kube.drain import EndedBy
 from agent.kube.endpoints_client import EndpointsWatch, WatchState
+from agent.runtime.tasks import Tasks
 from tests.apiserver.conftest import IP, POD, Namespace, endpoint, endpoint_slice, new_namespace, slices_path
 from tests.apiserver.harness import ApiServer
 
@@ -60,7 +61,7 @@ def refused(ns: Namespace, token: str) -> None:
 @contextlib.asynccontextmanager
 async def started(ns: Namespace, account: Path, **tuning: Any) -> AsyncIterator[EndpointsWatch]:
     watch = endpoints_client.build(CFG, ns.env(POD, IP), clock=time.monotonic, account=account, **tuning)
-    watch.start()
+    watch.start(Tasks())
     try:
         yield watch
     finally:
@@ -149,7 +150,7 @@ async def test_410_gone_lists_again(uncached_apiserver: ApiServer, tmp_path: Pat
 async def test_an_unreachable_api_is_the_timer_and_says_why(namespace: Namespace, granted: Path) -> None:
     env = {**namespace.env(POD, IP), "KUBERNETES_SERVICE_PORT": "1"}  # nothing listens on port 1
     watch = endpoints_client.build(CFG, env, clock=time.monotonic, account=granted)
-    watch.start()
+    watch.start(Tasks())
     try:
         await until("a failure", lambda: watch.failures >= 1, watch)
         assert watch.state is WatchState.FALLBACK and watch.reason is not None
@@ -163,7 +164,7 @@ async def test_no_token_means_no_watch_and_the_timer(tmp_path: Path) -> None:
     env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "1", "POD_NAME": POD,
            "POD_NAMESPACE": "shop"}
     watch = endpoints_client.build(CFG, env, clock=time.monotonic, account=tmp_path)
-    watch.start()
+    watch.start(Tasks())
     assert watch.state is WatchState.OFF and "no service-account token" in (watch.reason or "")
     assert watch.ending(1000.0, 5.0).at == 1005.0
     assert await watch.pod_deleted() is None

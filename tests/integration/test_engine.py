@@ -12,6 +12,7 @@ from agent.process.reaper import Reaper
 from agent.runtime.engine import Engine
 from agent.runtime.health import Health, Outcome
 from agent.runtime.metrics import Metrics
+from agent.runtime.tasks import Tasks
 
 CONFIG = """
 checks:
@@ -59,7 +60,8 @@ def make_engine() -> tuple[Engine, Health]:
     specs = load(CONFIG, {}).checks
     health = Health(specs, time.monotonic)
     metrics = Metrics(health, lambda: None, time.monotonic)
-    engine = Engine(health, metrics, CheckContext(None, {}, time.monotonic, Reaper()), Scrubber(["hunter2"]))
+    engine = Engine(health, metrics, CheckContext(None, {}, time.monotonic, Reaper()), Scrubber(["hunter2"]),
+                    Tasks(metrics.count_task_failure))
     return engine, health
 
 

@@ -19,6 +19,7 @@ from agent.process.reaper import Reaper
 from agent.runtime.engine import Engine
 from agent.runtime.health import Health, Outcome
 from agent.runtime.metrics import Metrics
+from agent.runtime.tasks import Tasks
 
 
 @contextlib.contextmanager
@@ -88,8 +89,9 @@ async def test_a_run_still_connecting_at_its_deadline_is_recorded_as_a_timeout()
         config = f"checks: {{slow: {{type: tcp, address: '127.0.0.1:{port}', interval: 10s, timeout: 100ms}}}}\n"
         specs = load(config, {}).checks
         health = Health(specs, time.monotonic)
-        engine = Engine(health, Metrics(health, lambda: None, time.monotonic),
-                        CheckContext(None, {}, time.monotonic, Reaper()), Scrubber())
+        metrics = Metrics(health, lambda: None, time.monotonic)
+        engine = Engine(health, metrics, CheckContext(None, {}, time.monotonic, Reaper()), Scrubber(),
+                        Tasks(metrics.count_task_failure))
         result = await engine.run_once(specs[0], engine.checks["slow"])
         assert result.outcome is Outcome.TIMEOUT
         assert result.message == "timed out after 100ms"

@@ -16,6 +16,7 @@ from agent.kube.drain import EndedBy, Ending
 from agent.kube.endpoints_state import PodIdentity, SliceTracker, drain_end
 from agent.runtime.health import Health
 from agent.runtime.shutdown import Shutdown, established_connections
+from agent.runtime.tasks import Tasks
 from agent.testing import FakeClock
 
 
@@ -76,7 +77,7 @@ async def test_the_drain_never_counts_past_its_timeout() -> None:
         return 7
 
     config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, 1.0))
-    shutdown = Shutdown(Health([], clock), config, None, connections=slow_count, clock=clock)
+    shutdown = Shutdown(Health([], clock), config, None, connections=slow_count, clock=clock, tasks=Tasks())
     shutdown.trigger("test")
     await shutdown.stopped.wait()
     assert counted_at and all(at < 1000.0 + 1.0 for at in counted_at)
@@ -103,7 +104,7 @@ async def drain_until_a_count_hangs(finished: int, timeout: float, release: thre
         return 500
 
     config = ShutdownConfig(drain_delay=0.0, relay_signal=False, drain_connections=DrainConnections(8080, timeout))
-    shutdown = Shutdown(Health([], time.monotonic), config, None, connections=count)
+    shutdown = Shutdown(Health([], time.monotonic), config, None, connections=count, tasks=Tasks())
     shutdown.trigger("test")
     await asyncio.wait_for(shutdown.stopped.wait(), 30)  # a bound for a hang only: the drain takes `timeout`
     return shutdown, calls
@@ -137,6 +138,10 @@ class SlicesSource:
         self.tracker, self.cfg = tracker, cfg
         self.event = asyncio.Event()
 
+    @property
+    def live(self) -> bool:
+        return self.tracker.synced
+
     def ending(self, started: float, drain_delay: float) -> Ending:
         return drain_end(started, drain_delay, self.cfg, self.tracker)
 
@@ -151,18 +156,18 @@ class SlicesSource:
 
 def slice_listing_me(ready: bool) -> dict[str, Any]:
     return {"type": "MODIFIED", "object": {"metadata": {"name": "web-a", "namespace": "shop", "resourceVersion": "2"},
-                                           "endpoints": [{"addresses": ["10.1.0.7"], "conditions": {"ready": ready}}]}}
+                                           "endpoints": [{"addresses": ["198.18.200.7"], "conditions": {"ready": ready}}]}}
 
 
 async def test_the_drain_ends_a_margin_after_the_pod_leaves_its_slices_not_at_drain_delay() -> None:
     cfg = EndpointsConfig(min=0.1, margin=0.2)
-    tracker = SliceTracker(PodIdentity("shop", ips=frozenset({"10.1.0.7"})), time.monotonic)
+    tracker = SliceTracker(PodIdentity("shop", ips=frozenset({"198.18.200.7"})), time.monotonic)
     tracker.replace([slice_listing_me(True)["object"]], "1")
     source = SlicesSource(tracker, cfg)
     drains: list[tuple[EndedBy, float]] = []
     config = ShutdownConfig(drain_delay=30.0, relay_signal=False, endpoints=cfg, grace_period=60.0)
     shutdown = Shutdown(Health([], time.monotonic), config, None, endpoints=source,
-                        on_drain=lambda by, seconds: drains.append((by, seconds)))
+                        on_drain=lambda by, seconds: drains.append((by, seconds)), tasks=Tasks())
     shutdown.trigger("test")
     await asyncio.sleep(0.3)
     assert not shutdown.drained.is_set()  # still ready in web-a: the drain goes on past min
@@ -176,7 +181,8 @@ async def test_the_drain_ends_a_margin_after_the_pod_leaves_its_slices_not_at_dr
 async def test_without_endpoints_the_drain_is_the_timer_and_is_observed_so() -> None:
     drains: list[tuple[EndedBy, float]] = []
     config = ShutdownConfig(drain_delay=0.2, relay_signal=False)
-    shutdown = Shutdown(Health([], time.monotonic), config, None, on_drain=lambda by, s: drains.append((by, s)))
+    shutdown = Shutdown(Health([], time.monotonic), config, None, on_drain=lambda by, s: drains.append((by, s)),
+                        tasks=Tasks())
     shutdown.trigger("test")
     await asyncio.wait_for(shutdown.stopped.wait(), 25)
     assert [by for by, _ in drains] == [EndedBy.TIMER] and drains[0][1] >= 0.2

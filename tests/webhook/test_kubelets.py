@@ -75,7 +75,7 @@ def test_in_cluster_reads_the_pods_environment_and_account_folder() -> None:
     assert api == ApiServer("https://10.96.0.1:443", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
                             "/var/run/secrets/kubernetes.io/serviceaccount/token")
     assert in_cluster({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}).url == "https://[fd00::1]:443"
-    with pytest.raises(NodeListError, match="not running in a pod"):
+    with pytest.raises(NodeListError, match="not in a cluster"):
         in_cluster({})
 
 
