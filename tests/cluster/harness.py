@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -42,7 +43,13 @@ def cluster_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, check=False)
 
 
-wait_until = tool.wait_for  # (what, probe, timeout, interval=0.5): probe()'s first true value, else ClusterError
+def wait_until(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
+    """tools/cluster.py's wait_for (probe()'s first true value), failing as a test does: an AssertionError naming
+    `what` (test_60's cases each catch theirs)."""
+    try:
+        return tool.wait_for(what, probe, timeout, interval)
+    except tool.ClusterError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 class Cluster:
