@@ -31,7 +31,9 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.4"  # the etcd server k8s.io/kubernetes v1.34.4 requires (go.mod); Debian's 3.4 is older
 PAUSE_TAG = "3.10.1"  # build/pause/Makefile of that version
@@ -87,13 +89,12 @@ def log(message: str) -> None:
 STARTED = time.monotonic()
 
 
-def run(cmd: Sequence[str | Path], *, check: bool = True, capture: bool = True, **kwargs: object) -> str:
+def run(cmd: Sequence[str | Path], *, check: bool = True, **kwargs: object) -> str:
     """Runs a command to completion; its stdout, or a ClusterError with its output's end."""
-    proc = subprocess.run([str(c) for c in cmd], capture_output=capture, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
     if check and proc.returncode != 0:
-        out = ((proc.stdout or "") + (proc.stderr or ""))[-2000:] if capture else ""
-        raise ClusterError(f"{' '.join(str(c) for c in cmd)} exited {proc.returncode}\n{out}")
-    return str(proc.stdout or "")
+        raise ClusterError(f"{' '.join(str(c) for c in cmd)} exited {proc.returncode}\n{(proc.stdout + proc.stderr)[-2000:]}")
+    return str(proc.stdout)
 
 
 # --------------------------------------------------------------------------------------------- the state dir
@@ -202,7 +203,9 @@ def build_pause() -> Path:
 # ------------------------------------------------------------------------------------------------ certificates
 
 
-def _openssl_cert(pki: Path, name: str, subject: str, *, ca: bool = False, sans: str = "", server: bool = False) -> None:
+def make_cert(pki: Path, name: str, subject: str, *, ca: bool = False, sans: str = "", server: bool = False) -> None:
+    """NAME.key and NAME.crt in `pki`: the CA itself (`ca`), else signed by pki/ca.*; a client certificate, or a
+    serving one too (`server`), for the subjectAltNames `sans` (openssl's syntax: IP:...,DNS:...)."""
     key, crt = pki / f"{name}.key", pki / f"{name}.crt"
     run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key])
     if ca:
@@ -223,17 +226,22 @@ def make_pki(state: State) -> None:
     """A CA, the API server's serving certificate, one client certificate per component, the service-account keys."""
     pki = state.pki
     pki.mkdir(parents=True)
-    _openssl_cert(pki, "ca", "/CN=sidecar-agent-cluster-ca", ca=True)
+    make_cert(pki, "ca", "/CN=sidecar-agent-cluster-ca", ca=True)
     sans = (f"IP:{NODE_IP},IP:127.0.0.1,IP:{SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
             "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")
-    _openssl_cert(pki, "apiserver", "/CN=kube-apiserver", sans=sans, server=True)
-    _openssl_cert(pki, "kubelet-serving", f"/CN={NODE}", sans=f"IP:{NODE_IP},DNS:{NODE}", server=True)
+    make_cert(pki, "apiserver", "/CN=kube-apiserver", sans=sans, server=True)
+    make_cert(pki, "kubelet-serving", f"/CN={NODE}", sans=f"IP:{NODE_IP},DNS:{NODE}", server=True)
     for name, subject in (("admin", "/O=system:masters/CN=sidecar-agent-admin"),
                           ("controller-manager", "/CN=system:kube-controller-manager"),
                           ("scheduler", "/CN=system:kube-scheduler"),
                           ("kubelet", f"/O=system:nodes/CN=system:node:{NODE}"),
                           ("kube-proxy", "/CN=system:kube-proxy")):
-        _openssl_cert(pki, name, subject)
+        make_cert(pki, name, subject)
+    make_service_account_keys(pki)
+
+
+def make_service_account_keys(pki: Path) -> None:
+    """sa.key and sa.pub: the key pair the API server signs and checks service-account tokens with."""
     run(["openssl", "genrsa", "-out", pki / "sa.key", "2048"])
     run(["openssl", "rsa", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub"])
 
@@ -254,13 +262,18 @@ def write_kubeconfig(state: State, path: Path, user: str) -> None:
 # ------------------------------------------------------------------------------------------------ processes
 
 
-def _start_time(pid: int) -> str | None:
-    # Field 22 of /proc/PID/stat: the start time tells a recorded process from a later one with its pid.
+def _stat(pid: int) -> list[str] | None:
+    # /proc/PID/stat from field 3 (the state) on: the command's name before it, in parentheses, may hold spaces.
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _start_time(pid: int) -> str | None:
+    # Field 22: the start time tells a recorded process from a later one with its pid.
+    stat = _stat(pid)
+    return stat[19] if stat else None
 
 
 def _cgroup_dirs(sub: str = "") -> list[Path]:
@@ -291,7 +304,7 @@ def _join_harness_cgroup() -> None:
         (path / "cgroup.procs").write_text(pid)
 
 
-def start_daemon(state: State, name: str, cmd: Sequence[str | Path], *, in_mountns: bool = False) -> int:
+def start_daemon(state: State, name: str, cmd: Sequence[str | Path], *, in_mountns: bool = False) -> None:
     """Starts a daemon in the background, its output in logs/NAME.log, its pid recorded."""
     argv = [str(c) for c in cmd]
     if in_mountns:
@@ -306,7 +319,6 @@ def start_daemon(state: State, name: str, cmd: Sequence[str | Path], *, in_mount
     proc.returncode = 0
     if os.environ.get(FAIL_AT_ENV) == name:
         raise ClusterError(f"failing on purpose after starting {name} ({FAIL_AT_ENV})")
-    return proc.pid
 
 
 def read_pid(state: State, name: str) -> int | None:
@@ -337,10 +349,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        stat = None
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat is None or stat.rsplit(")", 1)[1].split()[0] == "Z":
+        stat = _stat(pid)
+        if stat is None or stat[0] == "Z":
             return True
         time.sleep(0.1)
     return False
@@ -579,14 +589,17 @@ def remove_chains() -> None:
 # ------------------------------------------------------------------------------------------------ up and down
 
 
-def wait_for(what: str, probe: Callable[[], object], timeout: float) -> None:
-    """Polls a callable until it returns true; a ClusterError naming `what` after the timeout."""
+def wait_for(what: str, probe: Callable[[], T], timeout: float, interval: float = 0.5) -> T:
+    """Polls a callable until it returns something true, and returns that; a ClusterError naming `what` after the
+    timeout (the tests' waits too: tests/cluster/harness.py)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if probe():
-            return
-        time.sleep(0.5)
-    raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
 
 
 def _kubectl_ok(state: State, *args: str) -> bool:
@@ -594,24 +607,34 @@ def _kubectl_ok(state: State, *args: str) -> bool:
     return proc.returncode == 0
 
 
+def etcd_command(data_dir: Path, client_url: str, peer_url: str) -> list[str | Path]:
+    """A one-member etcd for the API server alone: no fsync (its data lives as long as the test)."""
+    return [BIN / "etcd", "--name", "default", "--data-dir", data_dir,
+            "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"default={peer_url}", "--unsafe-no-fsync", "--log-level", "warn"]
+
+
+def apiserver_command(pki: Path, etcd_url: str, address: str, port: int, service_cidr: str) -> list[str | Path]:
+    """kube-apiserver on address:port with the PKI of make_cert and make_service_account_keys (apiserver.*, ca.*,
+    sa.*); the caller adds its authorization mode and whatever else it needs."""
+    return [BIN / "kube-apiserver", f"--etcd-servers={etcd_url}", f"--bind-address={address}",
+            f"--advertise-address={address}", f"--secure-port={port}",
+            f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
+            f"--client-ca-file={pki}/ca.crt", f"--service-cluster-ip-range={service_cidr}",
+            f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
+            "--service-account-issuer=https://kubernetes.default.svc", "--profiling=false", "--v=1"]
+
+
 def start_control_plane(state: State) -> None:
     """etcd, the API server (waited for), the controller manager and the scheduler."""
     pki = state.pki
-    start_daemon(state, "etcd", [BIN / "etcd", "--name", "default", "--data-dir", state.root / "etcd",
-                                 "--listen-client-urls", ETCD_CLIENT, "--advertise-client-urls", ETCD_CLIENT,
-                                 "--listen-peer-urls", ETCD_PEER, "--initial-advertise-peer-urls", ETCD_PEER,
-                                 "--initial-cluster", f"default={ETCD_PEER}", "--unsafe-no-fsync",
-                                 "--log-level", "warn"])
+    start_daemon(state, "etcd", etcd_command(state.root / "etcd", ETCD_CLIENT, ETCD_PEER))
     start_daemon(state, "kube-apiserver", [
-        BIN / "kube-apiserver", f"--etcd-servers={ETCD_CLIENT}", f"--bind-address={NODE_IP}",
-        f"--advertise-address={NODE_IP}", f"--secure-port={API_PORT}",
-        f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
-        f"--client-ca-file={pki}/ca.crt", f"--service-cluster-ip-range={SERVICE_CIDR}",
-        f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
-        "--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=Node,RBAC",
+        *apiserver_command(pki, ETCD_CLIENT, NODE_IP, API_PORT, SERVICE_CIDR), "--authorization-mode=Node,RBAC",
         f"--kubelet-client-certificate={pki}/admin.crt", f"--kubelet-client-key={pki}/admin.key",
         # The node's name resolves nowhere (no DNS for it): reach the kubelet (logs, exec) at its address.
-        "--kubelet-preferred-address-types=InternalIP", "--allow-privileged=true", "--profiling=false", "--v=1"])
+        "--kubelet-preferred-address-types=InternalIP", "--allow-privileged=true"])
     wait_for("the API server's /readyz", lambda: _kubectl_ok(state, "get", "--raw", "/readyz"), 90)
     log("the API server is ready")
     cm_kubeconfig, sched_kubeconfig = state.root / "controller-manager.kubeconfig", state.root / "scheduler.kubeconfig"

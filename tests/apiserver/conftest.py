@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.apiserver.harness import BIN, ROOT, ApiFailure, ApiServer, missing, running
+from tests.apiserver.harness import BIN, ApiFailure, ApiServer, missing, running
+from tests.cluster.harness import ROOT
 
 RBAC = ROOT / "deploy" / "kubernetes" / "endpoints-rbac.yaml"
 POD, IP = "web-0", "198.18.200.7"  # the pod the agent under test is

@@ -1,14 +1,13 @@
 """A real etcd and kube-apiserver on loopback, with certificates made on the spot: for tests/apiserver and bench/.
 
-The binaries come from the cluster harness's cache (tools/cluster.py builds Kubernetes v1.34.4 and etcd v3.6.4 into
-~/.cache/sidecar-agent/kubernetes/v1.34.4/bin). Both processes are started here and stopped by their pids.
+The binaries, the certificates and both command lines are the cluster harness's (tools/cluster.py builds Kubernetes
+v1.34.4 and etcd v3.6.4 into ~/.cache/sidecar-agent/kubernetes/v1.34.4/bin). Both processes are started here and
+stopped by their pids.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 import ssl
 import subprocess
 import time
@@ -20,39 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-VERSION = "v1.34.4"
-BIN = Path(os.environ.get("SIDECAR_AGENT_CACHE", Path.home() / ".cache" / "sidecar-agent")) / "kubernetes" / VERSION / "bin"
+from tests.cluster.harness import tool
+from tests.servers import free_port
+
+BIN: Path = tool.BIN
 START_BOUND = 180.0  # seconds for etcd and the API server to come up on a loaded machine: a bound for a hang only
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
 
 
 def make_pki(pki: Path) -> None:
     """A CA, the API server's serving certificate for 127.0.0.1, an admin client certificate, the SA key pair."""
     pki.mkdir(parents=True)
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", pki / "ca.key")
-    openssl("req", "-x509", "-new", "-key", pki / "ca.key", "-subj", "/CN=test-ca", "-days", "2", "-out", pki / "ca.crt",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    for name, subject, ext in (
-            ("apiserver", "/CN=kube-apiserver",
-             "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"),
-            ("admin", "/O=system:masters/CN=test-admin", "extendedKeyUsage=clientAuth\n")):
-        (pki / f"{name}.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n" + ext)
-        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", pki / f"{name}.key")
-        openssl("req", "-new", "-key", pki / f"{name}.key", "-subj", subject, "-out", pki / f"{name}.csr")
-        openssl("x509", "-req", "-in", pki / f"{name}.csr", "-CA", pki / "ca.crt", "-CAkey", pki / "ca.key",
-                "-CAcreateserial", "-days", "2", "-extfile", pki / f"{name}.ext", "-out", pki / f"{name}.crt")
-    openssl("genrsa", "-out", pki / "sa.key", "2048")
-    openssl("rsa", "-in", pki / "sa.key", "-pubout", "-out", pki / "sa.pub")
+    tool.make_cert(pki, "ca", "/CN=test-ca", ca=True)
+    tool.make_cert(pki, "apiserver", "/CN=kube-apiserver", sans="IP:127.0.0.1,DNS:localhost", server=True)
+    tool.make_cert(pki, "admin", "/O=system:masters/CN=test-admin")
+    tool.make_service_account_keys(pki)
 
 
 class ApiFailure(Exception):
@@ -98,8 +78,8 @@ class ApiServer:
         except (OSError, urllib.error.URLError):
             return False
 
-    def alive(self) -> list[str]:
-        """The daemons that have exited (with their log's tail), for a failure message."""
+    def exited(self) -> list[str]:
+        """The daemons that have exited, for a failure message."""
         return [f"{p.args[0]} exited {p.returncode}" for p in self.procs if p.poll() is not None]
 
 
@@ -119,16 +99,9 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
                 proc.wait(30)
 
 
-def etcd() -> Path:
-    """The etcd server: `etcd`, as tools/cluster.py names it, or `server`, the name `go build -o DIR/` gives the
-    package go.etcd.io/etcd/server/v3."""
-    named = BIN / "etcd"
-    return named if named.is_file() or not (BIN / "server").is_file() else BIN / "server"
-
-
 def missing() -> list[str]:
     """The binaries not built yet."""
-    return [p.name for p in (etcd(), BIN / "kube-apiserver") if not p.is_file()]
+    return [name for name in ("etcd", "kube-apiserver") if not (BIN / name).is_file()]
 
 
 @contextmanager
@@ -141,27 +114,18 @@ def running(root: Path, extra: Sequence[str] = ()) -> Iterator[ApiServer]:
     procs: list[subprocess.Popen[bytes]] = []
     server = ApiServer("127.0.0.1", secure, pki, procs, root)
     try:
-        procs.append(start([etcd(), "--name", "test", "--data-dir", root / "etcd",
-                            "--listen-client-urls", f"http://127.0.0.1:{client}",
-                            "--advertise-client-urls", f"http://127.0.0.1:{client}",
-                            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                            "--initial-cluster", f"test=http://127.0.0.1:{peer}", "--unsafe-no-fsync",
-                            "--log-level", "warn"], root / "etcd.log"))
+        procs.append(start(tool.etcd_command(root / "etcd", f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"),
+                           root / "etcd.log"))
         procs.append(start([
-            BIN / "kube-apiserver", f"--etcd-servers=http://127.0.0.1:{client}", "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1", f"--secure-port={secure}",
-            f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
-            f"--client-ca-file={pki}/ca.crt", "--service-cluster-ip-range=198.19.250.0/24",
-            f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
-            "--service-account-issuer=https://kubernetes.default.svc", "--authorization-mode=RBAC",
+            *tool.apiserver_command(pki, f"http://127.0.0.1:{client}", "127.0.0.1", secure, "198.19.250.0/24"),
+            "--authorization-mode=RBAC",
             # Compacting etcd every few seconds makes an old resource version expire soon: a watch from it gets 410.
-            *extra, "--etcd-compaction-interval=3s", "--profiling=false", "--v=1"], root / "kube-apiserver.log"))
+            *extra, "--etcd-compaction-interval=3s"], root / "kube-apiserver.log"))
         deadline = time.monotonic() + START_BOUND
         while not server.ready():
-            if server.alive() or time.monotonic() > deadline:
+            if server.exited() or time.monotonic() > deadline:
                 tail = (root / "kube-apiserver.log").read_text(errors="replace")[-3000:]
-                raise AssertionError(f"the API server did not become ready: {server.alive()}\n{tail}")
+                raise AssertionError(f"the API server did not become ready: {server.exited()}\n{tail}")
             time.sleep(0.5)
         yield server
     finally:

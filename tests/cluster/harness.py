@@ -44,15 +44,12 @@ def cluster_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 
 
 
 def wait_until(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.5) -> Any:
-    """Polls until probe() is truthy; its value, or an AssertionError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    """tools/cluster.py's wait_for (probe()'s first true value), failing as a test does: an AssertionError naming
+    `what` (test_60's cases each catch theirs)."""
+    try:
+        return tool.wait_for(what, probe, timeout, interval)
+    except tool.ClusterError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 class Cluster:
@@ -90,6 +87,21 @@ class Cluster:
         wait_until(f"the default service account of {name}",
                    lambda: self.kubectl("get", "-n", name, "serviceaccount", "default", check=False).returncode == 0, 60)
         return name
+
+    def existing_namespace(self, name: str) -> str:
+        """The namespace as it is, or made (with namespace()) when missing: for modules whose tests share it."""
+        if self.kubectl("get", "namespace", name, check=False).returncode != 0:
+            self.namespace(name)
+        return name
+
+    def job_outcome(self, namespace: str, name: str = "") -> str | None:
+        """`Complete` or `Failed` once a Job (or the first of the namespace's Jobs to finish) has finished; else None."""
+        jobs = [self.get("job", "-n", namespace, name)] if name else self.get("jobs", "-n", namespace)["items"]
+        for job in jobs:
+            for cond in job.get("status", {}).get("conditions", []):
+                if cond["status"] == "True" and cond["type"] in ("Complete", "Failed"):
+                    return str(cond["type"])
+        return None
 
     def pods(self, namespace: str, selector: str = "") -> list[dict[str, Any]]:
         """The pods of a namespace, optionally selected by labels."""

@@ -15,8 +15,7 @@ def roll(cluster: Cluster, namespace: str, name: str, manifest: str,
          on_old: Callable[[list[dict[str, Any]]], None] | None = None) -> Load:
     """Deploys into `namespace` (made when missing), waits Ready, restarts the rollout under load; the load once every
     old pod is gone. `on_old`: called with the old pods, Ready, before the load starts (to follow their logs)."""
-    if cluster.kubectl("get", "namespace", namespace, check=False).returncode != 0:
-        cluster.namespace(namespace)
+    cluster.existing_namespace(namespace)
     cluster.apply(manifest, "-n", namespace)
     pods = cluster.wait_ready(namespace, f"app={name}", 3, timeout=120)
     old = {p["metadata"]["name"] for p in pods}

@@ -70,14 +70,6 @@ def test_deploy_manifests_become_ready(cluster: Cluster) -> None:
         ready = [e for s in endpoints["items"] for e in s.get("endpoints") or [] if e["conditions"].get("ready")]
         assert len(ready) == len(pods) == 2
     cluster.wait_ready("sidecar-agent", "app.kubernetes.io/name=sidecar-agent-webhook", 2, timeout=120)
-    job = wait_until("the Job to complete", lambda: _job_done(cluster, ns_job), 150, 2)
+    job = wait_until("the Job to complete", lambda: cluster.job_outcome(ns_job), 150, 2)
     assert job == "Complete"
     print(f"deploy manifests ready in {time.monotonic() - started:.1f} s")
-
-
-def _job_done(cluster: Cluster, ns: str) -> str | None:
-    for job in cluster.get("jobs", "-n", ns)["items"]:
-        for cond in job.get("status", {}).get("conditions", []):
-            if cond["status"] == "True" and cond["type"] in ("Complete", "Failed"):
-                return str(cond["type"])
-    return None

@@ -25,8 +25,7 @@ def test_injected_corpus_is_admitted_without_warning(cluster: Cluster, version: 
                               capture_output=True, text=True, check=True, cwd=ROOT).stdout
     namespaces = sorted(set(re.findall(r"^  namespace: (\S+)$", injected, re.M)))
     for ns in namespaces:  # the documents' own namespaces (the rest go to `default`)
-        if cluster.kubectl("get", "namespace", ns, check=False).returncode != 0:
-            cluster.namespace(ns)
+        cluster.existing_namespace(ns)
     proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=injected, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "arning" not in proc.stderr, proc.stderr

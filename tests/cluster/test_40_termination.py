@@ -20,12 +20,8 @@ pytestmark = pytest.mark.timeout(240, func_only=True)
 
 NS = "termination"
 DRAIN = 5.0  # the injected drain_delay (docs/inject.md)
+GRACE = 30.0  # the pods' terminationGracePeriodSeconds (tests/cluster/workloads.py)
 MODES = [(None, "native"), ("1.29", "native-1.29"), ("1.28", "regular-1.28")]
-
-
-def _ns(cluster: Cluster) -> None:
-    if cluster.kubectl("get", "namespace", NS, check=False).returncode != 0:
-        cluster.namespace(NS)
 
 
 def _time(stamp: str) -> float:
@@ -55,7 +51,7 @@ def _watch_until_deleted(proc: subprocess.Popen[str], timeout: float) -> dict[st
 
 @pytest.mark.parametrize(("version", "mode"), MODES, ids=[m for _, m in MODES])
 def test_termination_order(cluster: Cluster, version: str | None, mode: str) -> None:
-    _ns(cluster)
+    cluster.existing_namespace(NS)
     name = f"term-{mode.replace('.', '')}"
     cluster.kubectl("delete", "pod", "-n", NS, name, "--ignore-not-found")
     cluster.apply(inject(pod(name), version), "-n", NS)
@@ -69,7 +65,7 @@ def test_termination_order(cluster: Cluster, version: str | None, mode: str) -> 
         t0 = time.time()
         cluster.kubectl("delete", "pod", "-n", NS, pod_name, "--wait=false")
         deleted = time.time()  # the API server has the deletion: the kubelet hears of it from here on
-        first_503 = wait_until("/readyz 503", lambda: _readyz(ip) == 503 and time.time(), 10, 0.05)
+        first_503 = wait_until("/readyz 503", lambda: _readyz(ip) == 503 and time.time(), 60, 0.05)  # a hang bound
         final = _watch_until_deleted(watch, 90)
         watch.terminate()
         agent_log = logs.communicate(timeout=30)[0]
@@ -77,14 +73,15 @@ def test_termination_order(cluster: Cluster, version: str | None, mode: str) -> 
                 final["status"].get("initContainerStatuses", [])}
     app_end = _time(statuses["app"]["state"]["terminated"]["finishedAt"])
     agent_end = _time(statuses["sidecar-agent"]["state"]["terminated"]["finishedAt"])
-    print(f"{mode}: readiness 503 {first_503 - deleted:.2f} s after the deletion returned; app finished at +{app_end - t0:.1f} s, "
-          f"agent at +{agent_end - t0:.1f} s (finishedAt has 1 s resolution)")
-    # Readiness fails as soon as the kubelet acts on the deletion (the agent's own preStop call, or its SIGTERM),
-    # well within the drain, and before the app stops serving (finishedAt is truncated to the second).
-    assert first_503 - deleted < DRAIN
-    assert first_503 <= app_end + 1.0
+    print(f"{mode}: readiness 503 {first_503 - deleted:.2f} s after the deletion returned, {app_end - first_503:.1f} s "
+          f"before the app finished at +{app_end - t0:.1f} s, agent at +{agent_end - t0:.1f} s (finishedAt has 1 s "
+          "resolution)")
+    # Readiness fails when the drain starts (the agent's own preStop call, or its SIGTERM), not late in it: the app,
+    # stopped after the drain, finishes about the drain later (less finishedAt's truncation to the second and this
+    # poll's own delay, hence half). How soon the kubelet acts on the deletion is its latency, not bounded here.
+    assert app_end - first_503 >= DRAIN / 2
     assert app_end - t0 >= DRAIN - 1.0  # its SIGTERM came after the drain, not at t=0
-    assert app_end - t0 < DRAIN + 10
+    assert app_end - t0 < GRACE - 1.0  # ... and from the drain's end, not the grace period's SIGKILL (truncated: -1)
     if version != "1.28":
         assert agent_end >= app_end  # a native sidecar is stopped after the app has exited
     assert "shutdown started by" in agent_log and "draining for 5s" in agent_log, agent_log[-2000:]
@@ -110,19 +107,12 @@ def job(name: str) -> str:
 
 @pytest.mark.parametrize(("version", "mode"), [(None, "native"), ("1.28", "regular-1.28")], ids=["native", "regular-1.28"])
 def test_an_injected_job_succeeds(cluster: Cluster, version: str | None, mode: str) -> None:
-    _ns(cluster)
+    cluster.existing_namespace(NS)
     name = f"job-{mode.replace('.', '')}"
     cluster.kubectl("delete", "job", "-n", NS, name, "--ignore-not-found")
     started = time.monotonic()
     cluster.apply(inject(job(name), version), "-n", NS)
-
-    def done() -> str | None:
-        for cond in cluster.get("job", "-n", NS, name).get("status", {}).get("conditions", []):
-            if cond["status"] == "True" and cond["type"] in ("Complete", "Failed"):
-                return str(cond["type"])
-        return None
-
-    assert wait_until(f"Job {name} to finish", done, 120, 1) == "Complete"
+    assert wait_until(f"Job {name} to finish", lambda: cluster.job_outcome(NS, name), 120, 1) == "Complete"
     pods = cluster.pods(NS, f"job-name={name}")
     assert [p["status"]["phase"] for p in pods] == ["Succeeded"]
     print(f"{mode}: Job complete in {time.monotonic() - started:.1f} s")

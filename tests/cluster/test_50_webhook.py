@@ -69,10 +69,10 @@ def test_with_the_webhook_down_pods_are_admitted_within_its_timeout(webhook: Clu
     try:
         wait_until("no webhook pod", lambda: not webhook.pods("sidecar-agent"), 60, 1)
         started = time.monotonic()
-        webhook.apply(pod("unreviewed"), "-n", ON)
-        elapsed = time.monotonic() - started
-        print(f"admitted without the webhook in {elapsed:.2f} s")
-        assert elapsed < 5 + 3  # timeoutSeconds: 5, and kubectl's own round trips
+        webhook.apply(pod("unreviewed"), "-n", ON)  # admitted (failurePolicy: Ignore), or kubectl fails
+        # A figure, not a bound: the API server waits out timeoutSeconds (5 s) and then applies failurePolicy; how
+        # long beyond that says how loaded the machine is. tests/deploy checks the manifest's value.
+        print(f"admitted without the webhook in {time.monotonic() - started:.2f} s")
         assert not injected(webhook.get("pod", "-n", ON, "unreviewed"))
     finally:
         webhook.kubectl("scale", *WEBHOOK[:2], WEBHOOK[2], "--replicas=2")
