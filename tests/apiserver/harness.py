@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests import children
 from tests.cluster.harness import tool
 from tests.servers import free_port
 
@@ -90,13 +91,7 @@ def start(argv: list[str | Path], log: Path) -> subprocess.Popen[bytes]:
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in reversed(procs):  # the API server first, then etcd
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(30)
+        children.stop(proc, 30)
 
 
 def missing() -> list[str]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests import children
 from tests.servers import free_port
 
 DNSMASQ_HINT = "dnsmasq is not installed (Debian: apt-get install dnsmasq-base; tools/test.py installs it)"
@@ -114,13 +115,7 @@ def _wait_answering(server: Dnsmasq, timeout: float = 15.0) -> bool:
 
 def _stop(proc: subprocess.Popen[bytes]) -> str:
     """Stop one process by its pid: SIGTERM, then SIGKILL; its stderr."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    children.stop(proc, 5)
     if proc.stderr is None:
         return ""
     with proc.stderr:
