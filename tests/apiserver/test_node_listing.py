@@ -36,7 +36,8 @@ from agent.kube.versions import FALLBACK, Chosen, Source
 from agent.webhook.kubelets import OldestKubelet
 from agent.webhook.server import Settings, injection
 from tests.apiserver.conftest import Namespace
-from tests.apiserver.harness import ROOT, ApiFailure, ApiServer
+from tests.apiserver.harness import ApiFailure, ApiServer
+from tests.cluster.harness import ROOT
 from tests.servers import Certs
 from tests.webhook.reviews import client_context, patched, pod, review
 
