@@ -26,6 +26,10 @@ NS = "liveness"
 # (workload, version given to inject, the agent's container name)
 CASES = {"native": ("native", None, "sidecar-agent"), "regular-1.28": ("regular", "1.28", "sidecar-agent"),
          "readme": ("web", "readme", "agent")}
+# The cases whose app preStop hook calls the agent (1.28's /prestop/wait, the README's /prestop); the native app's
+# hook is a sleep, which the agent never sees. The agent's log line for such a call (agent/runtime/daemon.py).
+HOOK_CALLS_AGENT = ("regular-1.28", "readme")
+RESTART_VERDICT = "a container restart, not a pod stop"
 
 
 def start(cluster: Cluster, key: str) -> tuple[str, str]:
@@ -99,6 +103,9 @@ def hung_case(cluster: Cluster, case: str) -> str:
     bound = 30 + 5 if case == "readme" else 5 + 5 + 3
     assert gap <= bound, f"the restart took {gap:.0f} s after the kill (bound {bound} s): the preStop hook held it"
     assert container_status(final, agent)["restartCount"] == 0
+    if case in HOOK_CALLS_AGENT:  # the agent's own verdict on that hook call: a restart, answered at once
+        logs = cluster.kubectl("logs", "-n", ns, name, "-c", agent).stdout
+        assert RESTART_VERDICT in logs, f"the agent did not take the hook for a container restart:\n{logs[-2000:]}"
     return figures
 
 
