@@ -164,7 +164,7 @@ def build_binaries() -> None:
     env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-mod=mod")
     missing = [b for b in BINARIES if not (BIN / b).exists()]
     if missing:
-        log(f"go build {' '.join(missing)} (Kubernetes {VERSION}; about 25 minutes on 2 cores)")
+        log(f"go build {' '.join(missing)} (Kubernetes {VERSION}; about 10 minutes on 2 idle cores, 30 on busy ones)")
         pkgs = [f"k8s.io/kubernetes/cmd/{b}" for b in missing]
         run(["go", "build", "-trimpath", "-ldflags", _ldflags(), "-o", f"{BIN}/", *pkgs], cwd=GO_MODULE, env=env)
     if not (BIN / "etcd").exists():
