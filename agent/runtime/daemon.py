@@ -101,6 +101,7 @@ class Agent:
         # preStop hooks taken for a container restart (a failed liveness or startup probe), not a pod stop.
         self.restarts = 0
         self.last_restart: dict[str, object] | None = None
+        self.deleted: bool | None = None  # the API's last answer on the pod's deletion (True is final)
         self._watcher: asyncio.Task[None] | None = None
         self._reloads: set[asyncio.Task[tuple[bool, str]]] = set()
         self._reload_lock = asyncio.Lock()
@@ -174,13 +175,16 @@ class Agent:
         alone does not prove a restart (a node shutdown or an eviction sets no deletionTimestamp first)."""
         if self.endpoints is None:
             return None
-        deleted = await self.endpoints.pod_deleted()
-        if deleted is not None and self.shutdown.report.pod_deleted is None:
-            self.shutdown.report.pod_deleted = deleted
-            event(log, logging.INFO, "the API shows the pod's deletion" if deleted else
-                  "the API shows no deletion of the pod (a container restart, a node shutdown or an eviction)",
-                  pod_deleted=deleted)
-        return deleted
+        if self.deleted is not True:  # a deletion mark never goes away: once seen, not asked again
+            deleted = await self.endpoints.pod_deleted()
+            if deleted is not None and deleted != self.deleted:
+                event(log, logging.INFO, "the API shows the pod's deletion" if deleted else
+                      "the API shows no deletion of the pod (a container restart, a node shutdown or an eviction)",
+                      pod_deleted=deleted)
+            self.deleted = deleted if deleted is not None else self.deleted
+        if self.shutdown.running and self.shutdown.report.pod_deleted is None:  # the stop's own report
+            self.shutdown.report.pod_deleted = self.deleted
+        return self.deleted
 
     def container_restart(self, hook: str, reason: str) -> None:
         """A preStop hook that came for one container's restart (a failed probe): logged and counted, nothing else."""

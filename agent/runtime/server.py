@@ -224,20 +224,17 @@ class ProbeServer:
         """Start the sequence and hold the kubelet's preStop hook until the app is stopped (or the drain is over);
         a hook that comes while the app's liveness or startup answer is failing is a container restart: answered
         at once, nothing started."""
-        asked: bool | None = None
         if not self.controls.shutdown.running:
             failing = self.failing_answer(request)
-            if failing is not None:
-                asked = await self.controls.pod_deleted()  # the API's deletionTimestamp outranks the probes
-                if asked is not True:
-                    return self._restart("GET /prestop", failing)
+            # The API's deletionTimestamp outranks the probes.
+            if failing is not None and await self.controls.pod_deleted() is not True:
+                return self._restart("GET /prestop", failing)
         self.controls.trigger("GET /prestop")
-        if asked is None:
-            # After the trigger, so readiness fails without waiting on the API: whether the pod is being deleted
-            # (with shutdown.endpoints and API access), for /status and the log.
-            await self.controls.pod_deleted()
         self.hooks_held += 1
         try:
+            # After the trigger, so readiness fails without waiting on the API: whether the pod is being deleted
+            # (with shutdown.endpoints and API access), for /status and the log; not read again once it was seen.
+            await self.controls.pod_deleted()
             outcome = await self.controls.shutdown.wait_for_prestop()
         finally:
             self.hooks_held -= 1

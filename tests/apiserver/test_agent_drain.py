@@ -112,3 +112,6 @@ def test_a_hook_while_liveness_fails_is_a_restart_unless_the_api_shows_the_delet
         said = [r["message"] for r in agent.log_records() if r["message"].startswith("shutdown started by")]
         assert said == ["shutdown started by GET /prestop: draining until the pod has left its EndpointSlices plus "
                         "1s (at least 1s, at most 1s)"], said
+        # Each answer of the API said once, the deletion too though the restart's answer came first.
+        read = [r["pod_deleted"] for r in agent.log_records() if r["message"].startswith("the API shows")]
+        assert read == [False, True], read
