@@ -122,6 +122,8 @@ class ProbeServer:
         return guarded
 
     def _probe_handler(self, probe: str) -> Callable[[web.Request], Any]:
+        recorded = probe in HOOK_PROBES  # decided once, not per request
+
         async def handle(request: web.Request) -> web.Response:
             # A cache read and nothing else: no I/O, no lock, on the probe path.
             now = self.clock()
@@ -131,19 +133,21 @@ class ProbeServer:
                 query = request.query
                 answer = self.health.evaluate(probe, now, verbose="verbose" in query, exclude=query.getall("exclude", []))
             self.metrics.count_probe(probe, answer.status)
-            if probe in HOOK_PROBES:
+            if recorded:
                 self.answered[(probe, None)] = answer.status
             return _text(answer)
         return handle
 
     def _one_handler(self, probe: str) -> Callable[[web.Request], Any]:
+        recorded = probe in HOOK_PROBES
+
         async def handle(request: web.Request) -> web.Response:
             name = request.match_info["name"]
             answer = self.health.evaluate_one(probe, name, self.clock())
             if answer is None:
                 return web.Response(status=404, text=f"no {probe} check named {name[:80]!r}\n", content_type=TEXT)
             self.metrics.count_probe(probe, answer.status)
-            if probe in HOOK_PROBES:
+            if recorded:
                 self.answered[(probe, name)] = answer.status
             return _text(answer)
         return handle

@@ -78,7 +78,6 @@ class Watchdog:
         self.clock, self.on_failure = clock, on_failure
         self.recent: collections.deque[list[Any]] = collections.deque(maxlen=SLOTS + 1)  # [slot index, worst lag]
         self.selector: WatchedSelector | None = None
-        self.failure: Exception | None = None
         gauge.set_function(lambda: self.lag)
 
     @property
@@ -109,7 +108,6 @@ class Watchdog:
             self.observe(lag, now)
         except Exception as exc:  # noqa: BLE001 - raised inside select(), it would stop the loop itself
             self.close()
-            self.failure = exc
             self.on_failure(exc)
 
     def observe(self, lag: float, now: float | None = None) -> None:
@@ -121,4 +119,5 @@ class Watchdog:
             self.recent.append([index, max(0.0, lag)])
 
     def _ongoing(self, now: float) -> float:
-        return self.selector.running_for(now) if self.measuring and self.selector is not None else 0.0
+        selector = self.selector  # measuring: started on a watched loop, and not failed
+        return selector.running_for(now) if selector is not None and selector.on_lag is not None else 0.0
