@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     exe.add_argument("--listen", help="address to serve on, overriding the config (default: $SIDECAR_AGENT_LISTEN)")
     exe.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]", help="the app to run")
     wait = sub.add_parser("wait", help="block until the agent reports ready; exit 1 on timeout")
-    wait.add_argument("--url", default=f"http://127.0.0.1:8686/{Probe.READINESS.path}",
+    wait.add_argument("--url", default=f"http://127.0.0.1:{DEFAULT_LISTEN[1]}/{Probe.READINESS.path}",
                       help="readiness URL; one without a path means that agent's /readyz (default: %(default)s)")
     wait.add_argument("--timeout", default="60s", help="give up after this long (default: %(default)s)")
     check = sub.add_parser("check-config", help="validate a config and print it normalised, secrets redacted")
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="start the agent's ordered stop over loopback and return (a native sidecar's "
                           "preStop hook): the agent drains, then serves until its SIGTERM")
     stop.add_argument("--url", help="the agent's stop URL (default: /quitquitquit?exit=sigterm on loopback at the port "
-                      "of $SIDECAR_AGENT_LISTEN, else 8686)")
+                      f"of $SIDECAR_AGENT_LISTEN, else {DEFAULT_LISTEN[1]})")
     hook = sub.add_parser("webhook", help="serve the mutating admission webhook that adds the agent to new pods")
     hook.add_argument("--tls-cert", required=True, metavar="FILE", help="the serving certificate (PEM, chain first)")
     hook.add_argument("--tls-key", required=True, metavar="FILE", help="its private key (PEM)")

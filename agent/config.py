@@ -35,6 +35,7 @@ from agent.fields import (
     parse_mapping,
     with_defaults,
 )
+from agent.kube.facts import AGENT_PORT, DEFAULT_GRACE_PERIOD
 from agent.logs import LogFormat, LogLevel
 from agent.probes import NAMES as PROBE_NAMES
 from agent.probes import Probe
@@ -48,7 +49,7 @@ CONFIG_TEXT_ENV = "SIDECAR_AGENT_CONFIG_YAML"
 # Every address of the pod: the kubelet probes the pod IP, IPv4 or IPv6. The server makes `::` dual-stack (IPv6-only
 # off) and falls back to 0.0.0.0 where the kernel has no IPv6 (agent.runtime.server).
 ANY_HOST = "::"
-DEFAULT_LISTEN = (ANY_HOST, 8686)
+DEFAULT_LISTEN = (ANY_HOST, AGENT_PORT)
 DEFAULT_CONFIG = """\
 # The embedded default: serve on every address, IPv4 and IPv6, no checks, so alive and ready at once.
 listen: "[::]:8686"
@@ -120,7 +121,7 @@ class ShutdownConfig:
     stop_timeout: float = 20.0
     stop_scope: StopScope = StopScope.GROUP
     drain_connections: DrainConnections | None = None
-    grace_period: float = 30.0
+    grace_period: float = float(DEFAULT_GRACE_PERIOD)
     endpoints: EndpointsConfig | None = None  # absent: the drain is the timer alone
 
     @property
@@ -347,8 +348,8 @@ def load_tree(tree: Any, env: Mapping[str, str], *, app_is_child: bool = False) 
         problems.add("shutdown.endpoints.min", f"min {shutdown.endpoints.min:g}s is longer than drain_delay "
                      f"{shutdown.drain_delay:g}s, which stays the longest drain")
     problems.raise_if_any()
-    return Config(listen=values["listen"], log=values["log"] or LogConfig(), admin=admin, app=app,
-                  checks=tuple(specs), shutdown=shutdown, agent=values["agent"] or AgentLimits(),
+    return Config(listen=values["listen"], log=values["log"], admin=admin, app=app,
+                  checks=tuple(specs), shutdown=shutdown, agent=values["agent"],
                   secrets=frozenset(s for s in problems.secrets if s))
 
 

@@ -13,11 +13,12 @@ from agent.config import Config, ConfigError, load_tree, parse_yaml
 from agent.fields import env_references
 from agent.inject.api import InjectError
 from agent.inject.edits import plain
+from agent.kube.facts import AGENT_PORT
 
 CHECKS_ANNOTATION = "sidecar-agent.io/checks"
 ANNOTATION_PATH = ("metadata", "annotations", CHECKS_ANNOTATION)
 WHERE = f'metadata.annotations["{CHECKS_ANNOTATION}"]'
-LISTEN_PORT = 8686
+LISTEN_PORT = AGENT_PORT
 _PLACEHOLDER = "injectvar{}x"
 # The config text is only read back here: libyaml writes it several times faster where PyYAML has it.
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

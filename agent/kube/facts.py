@@ -7,6 +7,8 @@ to learn it.
 
 from __future__ import annotations
 
+# The agent's port when its config names none: the listener's default, inject's port, what lint assumes.
+AGENT_PORT = 8686
 # terminationGracePeriodSeconds when a pod spec leaves it out.
 DEFAULT_GRACE_PERIOD = 30
 # The kubelet's defaults for a probe field that is absent (or 0, which the API server defaults the same way).

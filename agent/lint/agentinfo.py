@@ -13,12 +13,13 @@ from agent import checks
 from agent.config import CONFIG_TEXT_ENV, DEFAULT_CONFIG, Config, ConfigError, load, parse_yaml
 from agent.fields import env_references
 from agent.kube import kubelet_env
+from agent.kube.facts import AGENT_PORT
 from agent.lint.commands import option, simple_commands
 from agent.lint.model import Container, DataObject, Pod, Workload
 from agent.units import parse_address
 
 AGENT_NAME = "sidecar-agent"
-DEFAULT_PORT = 8686
+DEFAULT_PORT = AGENT_PORT
 DAEMONS = ("run", "exec")
 PLACEHOLDER = "lint-placeholder"
 

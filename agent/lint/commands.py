@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.kube.facts import LAUNCHERS, SHELLS
+from agent.kube.facts import AGENT_PORT, LAUNCHERS, SHELLS
 from agent.probes import Probe
 from agent.units import is_loopback_host
 
@@ -163,9 +163,9 @@ def targets(argv: Sequence[str]) -> list[Target]:
                     path = f"/{Probe.READINESS.path}"
                 found.append(Target("" if is_local(url_host) else url_host, url_port, path, name))
         if waits and option(args, ("--url",)) is None:  # its default URL is the agent's readiness
-            found.append(Target("", 8686, f"/{Probe.READINESS.path}", name))
+            found.append(Target("", AGENT_PORT, f"/{Probe.READINESS.path}", name))
         if name == "sidecar-agent" and args[:1] == ["stop"] and option(args, ("--url",)) is None:
-            found.append(Target("", 8686, "/quitquitquit", name))  # its default URL: the agent's stop, on loopback
+            found.append(Target("", AGENT_PORT, "/quitquitquit", name))  # its default URL: the agent's stop, on loopback
         if name in DNS_TOOLS:
             found.append(Target(next((a for a in args if not a.startswith("-")), "a DNS server"), None, None, name))
         if name not in CLIENT_HOST_FLAGS:
