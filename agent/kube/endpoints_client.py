@@ -85,7 +85,7 @@ def api_access(env: Mapping[str, str], account: Path) -> ApiServer | str:
     return api
 
 
-def account_namespace(account: Path = SERVICE_ACCOUNT) -> str | None:
+def account_namespace(account: Path) -> str | None:
     try:
         return (account / "namespace").read_text().strip() or None
     except OSError:
@@ -108,6 +108,7 @@ class EndpointsWatch:
         self.failures = 0  # failed attempts in a row
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._tasks: Tasks | None = None  # the owner `start` was given, which cancels and awaits the task at close
         self._session: aiohttp.ClientSession | None = None
         self._relist = True
 
@@ -154,14 +155,14 @@ class EndpointsWatch:
         start when the feature is off for want of credentials."""
         if self.state is WatchState.OFF:
             return
+        self._tasks = tasks
         self._task = tasks.start(self._run(), TaskKind.ENDPOINTS, "endpoints-watch")
         self._task.add_done_callback(self._task_done)
 
     async def close(self) -> None:
         """Cancel the task, await it, close the HTTP session."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._task is not None and self._tasks is not None:
+            await self._tasks.cancel(self._task)
         if self._session is not None:
             await self._session.close()
             self._session = None

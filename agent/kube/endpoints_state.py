@@ -97,8 +97,7 @@ class SliceTracker:
         self.listings: dict[str, Listing] = {}
         self.resource_version: str | None = None
         self.synced = False  # a list has completed: the tracker knows the namespace's slices
-        self.ever_listed = False
-        self.out_since: float | None = None
+        self.out_since: float | None = None  # since when no slice routes to the pod (None: routed, or never listed)
         self.version = 0  # bumped at every change of the pod's routing, for waiters
 
     def pod_in(self, obj: Mapping[str, Any]) -> bool:
@@ -146,11 +145,10 @@ class SliceTracker:
     def _set(self, listings: dict[str, Listing]) -> None:
         was_routed = self.routed
         self.listings = listings
-        self.ever_listed = self.ever_listed or bool(listings)
         routed = self.routed
         if routed:
             self.out_since = None
-        elif self.ever_listed and (was_routed or self.out_since is None):
+        elif was_routed or (self.out_since is None and listings):  # out now, or listed for the first time unrouted
             self.out_since = self.clock()
         if routed != was_routed:
             self.version += 1
