@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib.util
 import json
 import os
@@ -113,14 +114,20 @@ class Cluster:
 
         def ready() -> list[dict[str, Any]] | None:
             pods = [p for p in self.pods(namespace, selector) if not p["metadata"].get("deletionTimestamp")]
-            ok = [p for p in pods if _condition(p, "Ready")]
+            ok = [p for p in pods if condition(p, "Ready")]
             return pods if len(pods) == count and len(ok) == count else None
 
         return list(wait_until(f"{count} Ready pods {selector} in {namespace}", ready, timeout, 1.0))
 
 
-def _condition(pod: dict[str, Any], kind: str) -> bool:
+def condition(pod: dict[str, Any], kind: str) -> bool:
+    """Whether a pod's condition of that type (Ready, Initialized...) is True."""
     return any(c["type"] == kind and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def timestamp(text: str) -> float:
+    """An API time (2026-12-07T20:47:04Z) as seconds since the epoch."""
+    return datetime.datetime.fromisoformat(text).timestamp()
 
 
 def container_status(pod: dict[str, Any], name: str) -> dict[str, Any]:

@@ -4,7 +4,6 @@ a Job with the injected agent completes and its pod ends Succeeded."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import subprocess
 import time
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.harness import Cluster, http_get, wait_until
+from tests.cluster.harness import Cluster, http_get, timestamp, wait_until
 from tests.cluster.workloads import APP, inject, pod
 
 pytestmark = pytest.mark.timeout(240, func_only=True)
@@ -22,10 +21,6 @@ NS = "termination"
 DRAIN = 5.0  # the injected drain_delay (docs/inject.md)
 GRACE = 30.0  # the pods' terminationGracePeriodSeconds (tests/cluster/workloads.py)
 MODES = [(None, "native"), ("1.29", "native-1.29"), ("1.28", "regular-1.28")]
-
-
-def _time(stamp: str) -> float:
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _watch_until_deleted(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
@@ -71,8 +66,8 @@ def test_termination_order(cluster: Cluster, version: str | None, mode: str) -> 
         agent_log = logs.communicate(timeout=30)[0]
     statuses = {s["name"]: s for s in final["status"].get("containerStatuses", []) +
                 final["status"].get("initContainerStatuses", [])}
-    app_end = _time(statuses["app"]["state"]["terminated"]["finishedAt"])
-    agent_end = _time(statuses["sidecar-agent"]["state"]["terminated"]["finishedAt"])
+    app_end = timestamp(statuses["app"]["state"]["terminated"]["finishedAt"])
+    agent_end = timestamp(statuses["sidecar-agent"]["state"]["terminated"]["finishedAt"])
     print(f"{mode}: readiness 503 {first_503 - deleted:.2f} s after the deletion returned, {app_end - first_503:.1f} s "
           f"before the app finished at +{app_end - t0:.1f} s, agent at +{agent_end - t0:.1f} s (finishedAt has 1 s "
           "resolution)")

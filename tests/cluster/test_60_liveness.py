@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import datetime
 import functools
 import os
 import signal
@@ -16,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.harness import Cluster, container_status, http_get, tool
+from tests.cluster.harness import Cluster, condition, container_status, http_get, timestamp, tool
 from tests.cluster.test_10_deploy import readme_pod
 from tests.cluster.workloads import inject, pod
 
@@ -53,10 +52,6 @@ def host_pid(cluster: Cluster, ns: str, name: str, container: str) -> int:
     raise AssertionError(f"no task for {container} ({cid})")
 
 
-def _stamp(text: str) -> float:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def hang_app(cluster: Cluster, ns: str, name: str, readme: bool) -> None:
     """Makes the app hang: the test app's /hang blocks every request; the README's http.server is stopped (SIGSTOP),
     which its process check sees."""
@@ -76,7 +71,7 @@ def watch_restart(cluster: Cluster, ns: str, name: str, restarted: str, kept: st
         current = cluster.get("pod", "-n", ns, name)
         other = container_status(current, kept)
         assert other["restartCount"] == 0 and "running" in other["state"], other
-        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in current["status"]["conditions"])
+        ready = condition(current, "Ready")
         if container_status(current, restarted)["restartCount"] >= 1 and ready:
             return dict(current)
         time.sleep(1)
@@ -94,7 +89,7 @@ def hung_case(cluster: Cluster, case: str) -> str:
     killed = [e for e in cluster.get("events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]
               if e["reason"] == "Killing" and "liveness" in e["message"]]
     assert killed, "the kubelet did not kill the app for its liveness probe"
-    gap = _stamp(app["state"]["running"]["startedAt"]) - _stamp(killed[0].get("lastTimestamp") or killed[0]["eventTime"])
+    gap = timestamp(app["state"]["running"]["startedAt"]) - timestamp(killed[0].get("lastTimestamp") or killed[0]["eventTime"])
     figures = (f"app restarted {app['restartCount']}x, Ready again {time.monotonic() - started:.1f} s after the hang; "
                f"kill to new start {gap:.0f} s")
     # The preStop hook must not hold the restart: the app's own stop (the hung gunicorn's graceful timeout, 5 s)

@@ -156,7 +156,6 @@ def test_without_the_role_the_drain_is_the_timer_and_no_request_is_lost(cluster:
     if "endpoints" in DRAINS:  # the same run's figures, side by side
         print(f"\nendpoints drain: {summary(DRAINS['endpoints'])}; timer (drain_delay {DRAIN:g} s): "
               f"{summary(DRAINS['timer'])}", file=sys.stderr)
-        assert statistics.median(DRAINS["endpoints"]) <= DRAIN - 1, DRAINS
 
 
 def test_a_pod_behind_no_service_drains_for_min(cluster: Cluster) -> None:
