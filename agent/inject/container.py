@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.config import CONFIG_TEXT_ENV
 from agent.inject.settings import LISTEN_PORT
-from agent.kube.facts import AGENT_RESTART_SECONDS, PROBE_DEFAULTS
+from agent.kube.facts import AGENT_RESTART_SECONDS, probe_values
 from agent.probes import Probe
 
 NAME = "sidecar-agent"
@@ -49,9 +49,8 @@ def readiness() -> dict[str, Any]:
 
 def startup(check: str, original: Mapping[str, Any]) -> dict[str, Any]:
     """The app container's startup: its own check, allowed as long as the original probe allowed, plus a margin."""
-    delay = original.get("initialDelaySeconds") or 0
-    allowed = delay + (original.get("periodSeconds") or PROBE_DEFAULTS["periodSeconds"]) * (
-        original.get("failureThreshold") or PROBE_DEFAULTS["failureThreshold"])
+    value = probe_values(original)
+    allowed = value["initialDelaySeconds"] + value["periodSeconds"] * value["failureThreshold"]
     return {"httpGet": _get(f"/{Probe.STARTUP.path}/{check}"), "periodSeconds": KUBELET_PERIOD, "timeoutSeconds": 1,
             "failureThreshold": math.ceil((allowed + STARTUP_MARGIN_SECONDS) / KUBELET_PERIOD)}
 

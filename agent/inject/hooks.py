@@ -34,7 +34,7 @@ def agent_pre_stop(native: bool) -> dict[str, Any] | None:
     return {"exec": {"command": ["sidecar-agent", "stop"]}} if native else None
 
 
-def app_pre_stop(version: tuple[int, int], checks: Sequence[str] = (), *, wait: bool = False) -> dict[str, Any]:
+def app_pre_stop(mode: versions.Mode, checks: Sequence[str], *, wait: bool) -> dict[str, Any]:
     """The app container's hook: hold its SIGTERM until the drain is over. `wait`: the drain's length is not known
     in advance (it follows the EndpointSlices), so the hook asks the agent rather than sleeping.
 
@@ -42,7 +42,7 @@ def app_pre_stop(version: tuple[int, int], checks: Sequence[str] = (), *, wait: 
     names the container's own checks (its probes ask /livez/NAME, /startupz/NAME), so that the agent answers such a
     hook at once rather than hold the restart (a `sleep` cannot tell, and holds it for the drain).
     """
-    if version >= versions.SLEEP_ACTION and not wait:
+    if mode is versions.Mode.NATIVE_SLEEP and not wait:
         return {"sleep": {"seconds": DRAIN_SECONDS}}
     query = "&".join(f"check={name}" for name in checks)  # check names are letters, digits, '.', '_', '-'
     return {"httpGet": {"path": WAIT_PATH + (f"?{query}" if query else ""), "port": LISTEN_PORT}}

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.kube.facts import PROBE_DEFAULTS
+from agent.kube.facts import PROBE_DEFAULTS, probe_values
 from agent.lint.commands import is_local, simple_commands
 
 KINDS = {"livenessProbe": "liveness", "readinessProbe": "readiness", "startupProbe": "startup"}
@@ -38,7 +38,7 @@ class Kept:
 
 def timing(probe: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """The probe's own timing in the config's words: periodSeconds -> interval, and so on."""
-    value = {k: probe.get(k) or v for k, v in PROBE_DEFAULTS.items()}  # 0 is defaulted as the API server does
+    value = probe_values(probe)
     body: dict[str, Any] = {"probes": [kind], "interval": f"{value['periodSeconds']}s",
                             "timeout": f"{value['timeoutSeconds']}s"}
     if value["initialDelaySeconds"]:

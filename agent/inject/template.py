@@ -17,7 +17,7 @@ from agent.inject import hooks, probes, settings
 from agent.inject.api import Drain, InjectError, Options, Outcome
 from agent.inject.edits import Editor, Path, plain, undo, walk
 from agent.kube import kubelet_env, versions
-from agent.kube.facts import DEFAULT_GRACE_PERIOD, GRACE_MARGIN_SECONDS
+from agent.kube.facts import DEFAULT_GRACE_PERIOD, GRACE_MARGIN_SECONDS, JOB_KINDS
 from agent.kube.qos import QosClass, QuantityError, pod_level, qos_class
 from agent.units import format_address
 
@@ -25,7 +25,6 @@ STATUS = "sidecar-agent.io/status"
 OPT_OUT = "sidecar-agent.io/inject"
 DRAIN = "sidecar-agent.io/drain"
 STATUS_WHERE = f'metadata.annotations["{STATUS}"]'
-JOBS = ("Job", "CronJob")
 CHECK_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -73,7 +72,7 @@ def _skip_reason(template: Mapping[str, Any]) -> str | None:
 def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> Outcome:
     """Add the agent to a pod template ({"metadata", "spec"}); see agent.inject for the contract."""
     version = options.kubernetes_version
-    mode, job = versions.mode(version), kind in JOBS
+    mode, job = versions.mode(version), kind in JOB_KINDS
     native = mode.native
     result = plain(template)
     reason = _skip_reason(result)
@@ -99,7 +98,7 @@ def inject(template: Mapping[str, Any], options: Options, kind: str = "Pod") -> 
     generated, kept, own = _probes(edit, spec, job, notes)
     for base, hook, note in hooks_or_refusal:
         if hook is AGENT_HOOK:  # the container had none: the agent's, naming its own liveness and startup checks
-            hook = hooks.app_pre_stop(version, own.get(base[-1], ()), wait=endpoints)
+            hook = hooks.app_pre_stop(mode, own.get(base[-1], ()), wait=endpoints)
         if note:
             notes.append(note)
         if hook is not None:

@@ -7,13 +7,24 @@ to learn it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 # The agent's port when its config names none: the listener's default, inject's port, what lint assumes.
 AGENT_PORT = 8686
+# The workloads whose pods run to completion: no rollout, no Service to drain (inject adds no drain, lint asks none).
+JOB_KINDS = ("Job", "CronJob")
 # terminationGracePeriodSeconds when a pod spec leaves it out.
 DEFAULT_GRACE_PERIOD = 30
 # The kubelet's defaults for a probe field that is absent (or 0, which the API server defaults the same way).
 PROBE_DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1,
                   "failureThreshold": 3}
+
+
+def probe_values(probe: Mapping[str, Any]) -> dict[str, Any]:
+    """A probe's timing fields as the kubelet runs them: each absent or 0 one defaulted, as the API server does."""
+    return {k: probe.get(k) or v for k, v in PROBE_DEFAULTS.items()}
+
 # Time the shutdown sequence needs beyond its budget: the hook's round trip, signal delivery, processes exiting and
 # the agent flushing and closing. The default config (5 s drain + 20 s stop) fits the default grace period with it.
 GRACE_MARGIN_SECONDS = 5.0

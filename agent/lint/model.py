@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from agent.kube.facts import DEFAULT_GRACE_PERIOD, PROBE_DEFAULTS
+from agent.kube.facts import DEFAULT_GRACE_PERIOD, PROBE_DEFAULTS, probe_values
 from agent.lint.findings import InputError
 from agent.lint.source import Document, line_of
 from agent.probes import NAMES as PROBE_NAMES
@@ -248,7 +248,7 @@ class _Reader:
             value = self.integer(node, key, path)
             if value is not None:
                 given[key] = value
-        values = {k: given.get(k) or v for k, v in PROBE_DEFAULTS.items()}
+        values = probe_values(given)
         return Probe(kind, self.handler(node, path, PROBE_HANDLERS, line), values["initialDelaySeconds"],
                      values["periodSeconds"], values["timeoutSeconds"], values["successThreshold"],
                      values["failureThreshold"], given, line)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from agent.config import ShutdownConfig, StopScope
-from agent.kube.facts import GRACE_MARGIN_SECONDS
+from agent.kube.facts import GRACE_MARGIN_SECONDS, JOB_KINDS
 from agent.lint.commands import sleeps_first, targets, wrapper
 from agent.lint.context import NETWORK, Context, endpoint
 from agent.lint.findings import Finding
 from agent.lint.model import Container, Handler
 from agent.lint.model import Probe as ProbeSpec
 from agent.probes import HOOK_WINDOW, Probe
-
-NO_ROLLOUT = ("Job", "CronJob")
 
 
 def _hook_fix(port: int) -> str:
@@ -26,7 +24,7 @@ def _hook_fix(port: int) -> str:
 
 def prestop_missing(ctx: Context) -> Iterator[Finding]:
     """An app container without a preStop hook while the agent runs beside it."""
-    if ctx.agent is None or ctx.agent.mode != "run" or ctx.workload.kind in NO_ROLLOUT:
+    if ctx.agent is None or ctx.agent.mode != "run" or ctx.workload.kind in JOB_KINDS:
         return
     for c in ctx.apps:
         if c.pre_stop is None:
@@ -50,9 +48,8 @@ def _agent_hears_at_once(ctx: Context) -> bool:
     if not c.sidecar:
         return True
     hook = c.pre_stop
-    return hook is not None and hook.type == "exec" and any(
-        not t.host and t.port == ctx.agent.port and endpoint(t.path or "") in ("prestop", "quitquitquit")
-        for t in targets(hook.command))
+    return (hook is not None and hook.type == "exec"
+            and _agent_call(ctx, hook.command, ("prestop", "quitquitquit")) is not None)
 
 
 def _calls_prestop(ctx: Context, c: Container, h: Handler) -> str | None:
@@ -83,7 +80,7 @@ def _calls_prestop(ctx: Context, c: Container, h: Handler) -> str | None:
                     "after the app has exited, so the agent needs its own preStop hook (exec: sidecar-agent stop)")
         return None if endpoint(h.path) == "prestop" else f"calls {h.path} instead of /prestop"
     if h.type == "exec":
-        if any(not t.host and t.port == port and endpoint(t.path or "") == "prestop" for t in targets(h.command)):
+        if _agent_call(ctx, h.command, ("prestop",)) is not None:
             return None
         slept = sleeps_first(h.command) if sleep_orders else None
         if slept is not None and slept >= drain:
@@ -106,7 +103,7 @@ def prestop_wrong_target(ctx: Context) -> Iterator[Finding]:
     Not in Jobs and CronJobs: their pods are no Service's endpoints and are not rolled out, so there is no drain for
     the app's SIGTERM to wait for, and the user's own hook (an httpGet to the app's port, a short sleep) does what it
     did without the agent; inject keeps it as it is and sets a drain of 0 s."""
-    if ctx.agent is None or ctx.agent.mode != "run" or ctx.workload.kind in NO_ROLLOUT:
+    if ctx.agent is None or ctx.agent.mode != "run" or ctx.workload.kind in JOB_KINDS:
         return
     for c in ctx.apps:
         if c.pre_stop is None or c is ctx.agent.container:
@@ -155,9 +152,16 @@ def _agent_hook(ctx: Context, c: Container, h: Handler) -> str | None:
     if h.type == "httpGet":
         return h.path if ctx.to_agent(c, h) and endpoint(h.path) in ("prestop", "prestop/wait") else None
     if h.type == "exec":
-        return next((t.path for t in targets(h.command) if not t.host and t.port == ctx.agent.port and t.path
-                     and endpoint(t.path) in ("prestop", "prestop/wait")), None)
+        return _agent_call(ctx, h.command, ("prestop", "prestop/wait"))
     return None
+
+
+def _agent_call(ctx: Context, command: Sequence[str], endpoints: Sequence[str]) -> str | None:
+    """The path (with its query) of an exec command's first call of one of `endpoints` on this agent's loopback port."""
+    assert ctx.agent is not None
+    port = ctx.agent.port
+    return next((t.path for t in targets(command)
+                 if not t.host and t.port == port and t.path and endpoint(t.path) in endpoints), None)
 
 
 def _restart_seen(ctx: Context, c: Container, probe: ProbeSpec, named: list[str]) -> bool:
@@ -182,8 +186,10 @@ def prestop_restart_unseen(ctx: Context) -> Iterator[Finding]:
         return
     for c in ctx.apps:
         h = c.pre_stop
-        path = None if h is None or c is ctx.agent.container else _agent_hook(ctx, c, h)
-        if h is None or path is None:
+        if h is None or c is ctx.agent.container:
+            continue
+        path = _agent_hook(ctx, c, h)
+        if path is None:
             continue
         named = parse_qs(urlsplit(path).query).get("check", [])
         unseen = [kind for kind, probe in c.probes.items()
@@ -320,7 +326,7 @@ def grace_period_too_short(ctx: Context) -> Iterator[Finding]:
 def drain_shorter_than_readiness(ctx: Context) -> Iterator[Finding]:
     """drain_delay shorter than the time the kubelet needs to see readiness fail."""
     agent = ctx.agent
-    if agent is None or agent.config is None or ctx.workload.kind in NO_ROLLOUT:
+    if agent is None or agent.config is None or ctx.workload.kind in JOB_KINDS:
         return
     drain = agent.config.shutdown.drain_delay
     for c in ctx.apps:
