@@ -5,6 +5,8 @@ test hook. At its first run the `fault` check finds the agent in its own process
 
 - `poller`: its own run returns a message that cannot be printed, so its poller dies (at every run);
 - `shutdown`: the app target's `alive` raises, in the sequence's step 2;
+- `shutdown_late`: the app target's `remaining` raises, after the stop signal went out (once the wait for the
+  app ends);
 - `app_watcher`: the app monitor's `ever_seen` raises once, as the watcher reads it;
 - `watchdog`: the watchdog's measurement raises, inside the event loop's select;
 - `reload`: applying a reloaded config raises;
@@ -21,7 +23,7 @@ from typing import Any
 from agent.checks import CheckContext, CheckSpec, CheckType
 from agent.fields import Enum, Field
 
-TASKS = ("poller", "shutdown", "app_watcher", "watchdog", "reload", "server")
+TASKS = ("poller", "shutdown", "shutdown_late", "app_watcher", "watchdog", "reload", "server")
 log = logging.getLogger("agent.fault")
 
 
@@ -67,6 +69,8 @@ def arm(task: str) -> None:
     agent = _agent()
     if task == "shutdown":
         agent.shutdown.target.alive = _araise_alive
+    elif task == "shutdown_late":
+        agent.shutdown.target.remaining = _raise("shutdown sequence, after the stop signal")
     elif task == "app_watcher":
         _break_watcher(agent)
     elif task == "watchdog":

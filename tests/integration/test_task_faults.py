@@ -78,14 +78,17 @@ def others_zero(agent: AgentProcess, kind: str) -> None:
     assert [k.value for k in TaskKind if k.value != kind and failures(agent, k.value) != 0] == []
 
 
+# An app that ignores SIGTERM (and says so): only the SIGKILL after the stop signal ends it. Each line is one write,
+# which the pipe it shares with the agent keeps whole.
+STUBBORN_APP = ("import os, signal, time\n"
+                "signal.signal(signal.SIGTERM, lambda *a: os.write(1, b'app: SIGTERM ignored\\n'))\n"
+                "os.write(1, b'app: started\\n')\n"
+                "while True: time.sleep(1)\n")
+SEQUENCE_ERROR = "internal error in the shutdown sequence (InjectedFault); see the agent's log"
+
+
 def test_a_failing_shutdown_sequence_still_stops_the_app_ends_in_error_and_exits_1(agent_with: AgentWith) -> None:
-    # The app ignores SIGTERM (and says so): only the SIGKILL after the stop signal ends it. Each line is one write,
-    # which the pipe it shares with the agent keeps whole.
-    app = ("import os, signal, time\n"
-           "signal.signal(signal.SIGTERM, lambda *a: os.write(1, b'app: SIGTERM ignored\\n'))\n"
-           "os.write(1, b'app: started\\n')\n"
-           "while True: time.sleep(1)\n")
-    with agent_with("shutdown", app=(sys.executable, "-c", app)) as agent:
+    with agent_with("shutdown", app=(sys.executable, "-c", STUBBORN_APP)) as agent:
         armed(agent, "shutdown")
         agent.wait_for(lambda: any("app: started" in line for line in agent.logs()))  # its SIGTERM handler is in place
         answer: list[tuple[int, str]] = []
@@ -95,11 +98,31 @@ def test_a_failing_shutdown_sequence_still_stops_the_app_ends_in_error_and_exits
         agent.wait_for(lambda: any("app: SIGTERM ignored" in line for line in agent.logs()), timeout=30)  # the stop signal went out anyway
         assert failures(agent, "shutdown") == 1
         others_zero(agent, "shutdown")
+        report = agent.status()["shutdown"]
+        assert report["error"] == SEQUENCE_ERROR, report  # the outcome (error) once the app is stopped: the answer
         agent.signal(signal.SIGINT)  # skip the rest of stop_timeout: the same path as reaching it
         held.join(60)
         assert answer == [(200, "shutdown: error\n")]
         assert agent.wait_exit(30) == 1
     assert any("after the internal error, sent SIGKILL to" in line for line in agent.lines)
+    assert sum("app: SIGTERM ignored" in line for line in agent.lines) == 1
+
+
+def test_a_sequence_that_fails_after_the_stop_signal_does_not_send_it_twice(agent_with: AgentWith) -> None:
+    with agent_with("shutdown_late", app=(sys.executable, "-c", STUBBORN_APP)) as agent:
+        armed(agent, "shutdown_late")
+        agent.wait_for(lambda: any("app: started" in line for line in agent.logs()))
+        answer: list[tuple[int, str]] = []
+        held = threading.Thread(target=lambda: answer.append(agent.get("/prestop", timeout=90)))
+        held.start()
+        agent.wait_for(lambda: any("app: SIGTERM ignored" in line for line in agent.logs()), timeout=30)
+        agent.signal(signal.SIGINT)  # the wait for the app ends: the sequence looks at what is left, and fails
+        failed_line(agent, "shutdown")
+        held.join(60)
+        assert answer == [(200, "shutdown: error\n")]
+        assert agent.wait_exit(30) == 1
+    assert any("after the internal error, sent SIGKILL to" in line for line in agent.lines)
+    assert sum("app: SIGTERM ignored" in line for line in agent.lines) == 1  # the stop signal, once
 
 
 def test_a_poller_that_raises_is_logged_counted_and_restarted_and_the_agent_exits_0(agent_with: AgentWith) -> None:
