@@ -3,7 +3,9 @@ drain_delay; without the Role it is the timer, and /status, the metric and the l
 
 from __future__ import annotations
 
+import datetime
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -39,12 +41,16 @@ def test_the_drain_ends_when_the_pod_leaves_its_slice(namespace: Namespace, gran
         agent.wait_status("/readyz", 503)
         # The endpoints controller's part: the terminating pod shown not ready.
         current = namespace.api.call("GET", slices_path(namespace, "web-a"))
+        left_at = time.time()
         namespace.api.call("PUT", slices_path(namespace, "web-a"), {
             **endpoint_slice("web-a", endpoint(POD, IP, namespace.name, ready=False)), "metadata": current["metadata"]})
         assert agent.wait_exit(timeout=BOUND) == 0
         over = [r for r in agent.log_records() if r["message"].startswith("drain over after")]
         assert len(over) == 1 and over[0]["message"].endswith(": the pod left its EndpointSlices"), over
         assert over[0]["drain_ended_by"] == "endpoints"
+        # Not before the margin (1 s) after the pod left (the log's time has milliseconds; the clock is the same).
+        ended_at = datetime.datetime.fromisoformat(str(over[0]["time"])).timestamp()
+        assert ended_at >= left_at + 1.0 - 0.001, (ended_at - left_at, over)
 
 
 def test_without_the_role_the_agent_drains_on_the_timer_and_says_why(namespace: Namespace, tmp_path: Path) -> None:

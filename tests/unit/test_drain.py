@@ -7,13 +7,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from agent.config import DrainConnections, EndpointsConfig, ShutdownConfig
-from agent.kube.drain import EndedBy, Ending
-from agent.kube.endpoints_state import PodIdentity, SliceTracker, drain_end
+from agent.config import DrainConnections, ShutdownConfig
+from agent.kube.drain import EndedBy
 from agent.runtime.health import Health
 from agent.runtime.shutdown import Shutdown, established_connections
 from agent.runtime.tasks import Tasks
@@ -129,53 +127,6 @@ async def test_a_drain_whose_connections_could_never_be_counted_says_so(caplog: 
     with caplog.at_level("WARNING", logger="agent.shutdown"):
         await drain_until_a_count_hangs(0, 0.3, release)
     assert "the connections on port 8080 could not be counted within 300ms; going on" in caplog.messages
-
-
-class SlicesSource:
-    """A DrainSource over a SliceTracker fed by the test (the watch's part without its I/O)."""
-
-    def __init__(self, tracker: SliceTracker, cfg: EndpointsConfig) -> None:
-        self.tracker, self.cfg = tracker, cfg
-        self.event = asyncio.Event()
-
-    @property
-    def live(self) -> bool:
-        return self.tracker.synced
-
-    def ending(self, started: float, drain_delay: float) -> Ending:
-        return drain_end(started, drain_delay, self.cfg, self.tracker)
-
-    def changed(self) -> asyncio.Event:
-        return self.event
-
-    def feed(self, event: dict[str, Any]) -> None:
-        self.tracker.apply(event)
-        self.event.set()
-        self.event = asyncio.Event()
-
-
-def slice_listing_me(ready: bool) -> dict[str, Any]:
-    return {"type": "MODIFIED", "object": {"metadata": {"name": "web-a", "namespace": "shop", "resourceVersion": "2"},
-                                           "endpoints": [{"addresses": ["198.18.200.7"], "conditions": {"ready": ready}}]}}
-
-
-async def test_the_drain_ends_a_margin_after_the_pod_leaves_its_slices_not_at_drain_delay() -> None:
-    cfg = EndpointsConfig(min=0.1, margin=0.2)
-    tracker = SliceTracker(PodIdentity("shop", ips=frozenset({"198.18.200.7"})), time.monotonic)
-    tracker.replace([slice_listing_me(True)["object"]], "1")
-    source = SlicesSource(tracker, cfg)
-    drains: list[tuple[EndedBy, float]] = []
-    config = ShutdownConfig(drain_delay=30.0, relay_signal=False, endpoints=cfg, grace_period=60.0)
-    shutdown = Shutdown(Health([], time.monotonic), config, None, endpoints=source,
-                        on_drain=lambda by, seconds: drains.append((by, seconds)), tasks=Tasks())
-    shutdown.trigger("test")
-    await asyncio.sleep(0.3)
-    assert not shutdown.drained.is_set()  # still ready in web-a: the drain goes on past min
-    source.feed(slice_listing_me(False))
-    await asyncio.wait_for(shutdown.stopped.wait(), 25)  # a bound for a hang only: drain_delay is 30 s
-    assert [by for by, _ in drains] == [EndedBy.ENDPOINTS]
-    assert tracker.out_since is not None and drains[0][1] >= tracker.out_since + 0.2 - shutdown._started_at
-    assert shutdown.report.drain_ended_by == "endpoints"
 
 
 async def test_without_endpoints_the_drain_is_the_timer_and_is_observed_so() -> None:
