@@ -264,7 +264,8 @@ def cmd_webhook(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     api = None
     if auto:
-        from agent.kube.nodes import NodeListError, in_cluster
+        from agent.kube.api import in_cluster
+        from agent.kube.nodes import NodeListError
 
         try:
             api = in_cluster(env)

@@ -21,7 +21,7 @@ from typing import Any
 from agent.config import ShutdownConfig
 from agent.inject.settings import LISTEN_PORT
 from agent.kube import versions
-from agent.kube.facts import SHELLS
+from agent.kube.facts import DOWNWARD_ENV, SHELLS
 from agent.lint.commands import sleeps_first
 
 # The config's default drain_delay: readiness (2 s) seen failing, plus the endpoints' lag.
@@ -48,11 +48,8 @@ def app_pre_stop(mode: versions.Mode, checks: Sequence[str], *, wait: bool) -> d
     return {"httpGet": {"path": WAIT_PATH + (f"?{query}" if query else ""), "port": LISTEN_PORT}}
 
 
-# The downward API's pod identity, which the agent's EndpointSlice watch needs (shutdown.endpoints).
-DOWNWARD_ENV = (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"), ("POD_IPS", "status.podIPs"))
-
-
 def downward_env() -> list[dict[str, Any]]:
+    """The downward API's pod identity, which the agent's EndpointSlice watch needs (shutdown.endpoints)."""
     return [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in DOWNWARD_ENV]
 
 

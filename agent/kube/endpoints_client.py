@@ -137,7 +137,7 @@ class EndpointsWatch:
     async def pod_deleted(self) -> bool | None:
         """Whether the API shows this pod's deletionTimestamp: True a deletion, False none (a container restart,
         or a stop that is not a deletion: node shutdown, eviction), None when the API cannot say."""
-        if self.access is None or self.pod is None or self.pod.name is None or self.state is WatchState.OFF:
+        if self.access is None or self.pod is None or self.pod.name is None:
             return None
         url = POD.format(namespace=quote(self.pod.namespace), name=quote(self.pod.name))
         try:

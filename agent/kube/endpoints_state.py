@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.config import EndpointsConfig
 from agent.kube.drain import EndedBy, Ending, timer
+from agent.kube.facts import POD_IPS, POD_NAME, POD_NAMESPACE
 
 SERVICE_LABEL = "kubernetes.io/service-name"
 
@@ -40,9 +41,9 @@ class PodIdentity:
     def from_env(cls, env: Mapping[str, str], namespace: str | None = None) -> PodIdentity | None:
         """POD_NAMESPACE (or the service account's namespace), and POD_NAME or POD_IPS (comma-separated, as
         `status.podIPs` gives them); None when the pod cannot be told apart."""
-        ns = env.get("POD_NAMESPACE") or namespace
-        name = env.get("POD_NAME") or None
-        ips = frozenset(ip.strip() for ip in (env.get("POD_IPS") or env.get("POD_IP") or "").split(",") if ip.strip())
+        ns = env.get(POD_NAMESPACE) or namespace
+        name = env.get(POD_NAME) or None
+        ips = frozenset(ip.strip() for ip in (env.get(POD_IPS) or env.get("POD_IP") or "").split(",") if ip.strip())
         if not ns or (name is None and not ips):
             return None
         return cls(ns, name, ips)
@@ -159,14 +160,14 @@ class SliceTracker:
                 "slices": [listing.document() for _, listing in sorted(self.listings.items())]}
 
 
-def drain_end(started: float, drain_delay: float, cfg: EndpointsConfig | None, tracker: SliceTracker | None) -> Ending:
+def drain_end(started: float, drain_delay: float, cfg: EndpointsConfig, tracker: SliceTracker) -> Ending:
     """`max(started + min, t_out + margin)`, never later than `started + drain_delay`.
 
-    Without a tracker (the feature off, or no API access) or before its first list, the timer. While a slice
-    still routes to the pod the answer is the timer too; the caller asks again at each change of the tracker.
+    Before the tracker's first list, the timer (without the feature or API access the watch never asks). While a
+    slice still routes to the pod the answer is the timer too; the caller asks again at each change of the tracker.
     """
     cap = started + drain_delay
-    if cfg is None or tracker is None or not tracker.synced:
+    if not tracker.synced:
         return timer(started, drain_delay)
     floor = started + min(cfg.min, drain_delay)
     if tracker.routed:

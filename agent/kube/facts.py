@@ -14,6 +14,9 @@ from typing import Any
 AGENT_PORT = 8686
 # The workloads whose pods run to completion: no rollout, no Service to drain (inject adds no drain, lint asks none).
 JOB_KINDS = ("Job", "CronJob")
+# The pod's identity from the downward API, as inject adds it (env name, fieldPath) and the endpoints watch reads it.
+POD_NAME, POD_NAMESPACE, POD_IPS = "POD_NAME", "POD_NAMESPACE", "POD_IPS"
+DOWNWARD_ENV = ((POD_NAME, "metadata.name"), (POD_NAMESPACE, "metadata.namespace"), (POD_IPS, "status.podIPs"))
 # terminationGracePeriodSeconds when a pod spec leaves it out.
 DEFAULT_GRACE_PERIOD = 30
 # The kubelet's defaults for a probe field that is absent (or 0, which the API server defaults the same way).

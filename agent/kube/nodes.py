@@ -11,9 +11,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from agent.kube.api import ApiServer, ApiUnavailable, in_cluster
-
-__all__ = ["PAGE", "ApiServer", "NodeListError", "in_cluster", "kubelet_versions"]
+from agent.kube.api import ApiServer, ApiUnavailable
 
 PAGE = 500  # nodes per request: a large cluster's list comes in pages, never as one body of many megabytes
 TIMEOUT_SECONDS = 10.0

@@ -224,15 +224,23 @@ class ProbeServer:
         self.controls.container_restart(hook, reason)
         return web.Response(text=f"container restart, not a pod stop: {reason}; nothing to drain\n", content_type=TEXT)
 
+    async def _restart_reason(self, request: web.Request) -> str | None:
+        """Why a hook that came before any stop is a container restart: its container's liveness or startup answer
+        is failing, and the API (when the agent can ask it) shows no deletion, which outranks the probes."""
+        if self.controls.shutdown.running:
+            return None
+        failing = self.failing_answer(request)
+        if failing is None or await self.controls.pod_deleted() is True:
+            return None
+        return failing
+
     async def prestop(self, request: web.Request) -> web.Response:
         """Start the sequence and hold the kubelet's preStop hook until the app is stopped (or the drain is over);
         a hook that comes while the app's liveness or startup answer is failing is a container restart: answered
         at once, nothing started."""
-        if not self.controls.shutdown.running:
-            failing = self.failing_answer(request)
-            # The API's deletionTimestamp outranks the probes.
-            if failing is not None and await self.controls.pod_deleted() is not True:
-                return self._restart("GET /prestop", failing)
+        restart = await self._restart_reason(request)
+        if restart is not None:
+            return self._restart("GET /prestop", restart)
         self.controls.trigger("GET /prestop")
         self.hooks_held += 1
         try:
@@ -255,10 +263,9 @@ class ProbeServer:
         """
         shutdown = self.controls.shutdown
         note = ""
-        if not shutdown.running:
-            failing = self.failing_answer(request)
-            if failing is not None and await self.controls.pod_deleted() is not True:
-                return self._restart("GET /prestop/wait", failing)
+        restart = await self._restart_reason(request)
+        if restart is not None:
+            return self._restart("GET /prestop/wait", restart)
         self.hooks_held += 1
         try:
             if not shutdown.running:

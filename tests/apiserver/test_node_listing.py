@@ -30,7 +30,7 @@ import yaml
 
 from agent.inject import Options
 from agent.kube import nodes as node_list
-from agent.kube.nodes import ApiServer as Account
+from agent.kube.api import ApiServer as Account
 from agent.kube.nodes import NodeListError, kubelet_versions
 from agent.kube.versions import FALLBACK, Chosen, Source
 from agent.webhook.kubelets import OldestKubelet

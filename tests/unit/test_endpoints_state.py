@@ -201,9 +201,3 @@ def test_memory_keeps_only_the_slices_that_list_the_pod(tracker: SliceTracker) -
     for i in range(2000):
         tracker.apply(watch("MODIFIED", eps(f"other-{i}", 2000 + i, OTHER)))
     assert tracker.listings == {} and tracker.resource_version == "3999"
-
-
-def test_without_the_feature_or_a_tracker_the_drain_is_the_timer(tracker: SliceTracker) -> None:
-    tracker.replace([], "1")
-    assert drain_end(1000.0, 5.0, None, tracker).ended_by is EndedBy.TIMER
-    assert drain_end(1000.0, 5.0, CFG, None).ended_by is EndedBy.TIMER

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.kube.nodes import ApiServer, NodeListError, in_cluster
+from agent.kube.api import ApiServer, in_cluster
+from agent.kube.nodes import NodeListError
 
 
 def test_in_cluster_reads_the_pods_environment_and_account_folder() -> None:
