@@ -50,6 +50,10 @@ class ApiServer:
             raise ApiUnavailable(f"the service account token {self.token_file} is empty")
         return token
 
+    def headers(self) -> dict[str, str]:
+        """A request's headers: the token as it is now (ApiUnavailable when it cannot be read), JSON accepted."""
+        return {"Authorization": f"Bearer {self.token()}", "Accept": "application/json"}
+
 
 def in_cluster(env: Mapping[str, str], account: Path = SERVICE_ACCOUNT) -> ApiServer:
     """The API server as a pod sees it; ApiUnavailable when this is not a pod (the files are read when used)."""

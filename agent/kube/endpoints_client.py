@@ -271,10 +271,9 @@ class EndpointsWatch:
     def _headers(self) -> dict[str, str]:
         assert self.access is not None
         try:
-            token = self.access.token()
+            return self.access.headers()
         except ApiUnavailable as exc:
             raise ApiError(401, str(exc)) from None
-        return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
 
     async def _get_json(self, path: str) -> dict[str, Any]:
         async with self._client().get(self._url(path), headers=self._headers()) as resp:

@@ -45,9 +45,8 @@ async def kubelet_versions(api: ApiServer, session: aiohttp.ClientSession | None
 
 
 async def _get(session: aiohttp.ClientSession, api: ApiServer, context: ssl.SSLContext, path: str) -> Mapping[str, Any]:
-    headers = {"Authorization": f"Bearer {api.token()}", "Accept": "application/json"}
     try:
-        async with session.get(api.url + path, headers=headers, ssl=context, allow_redirects=False) as response:
+        async with session.get(api.url + path, headers=api.headers(), ssl=context, allow_redirects=False) as response:
             body = await response.read()
             status = response.status
     except aiohttp.ClientError as exc:
