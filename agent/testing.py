@@ -75,6 +75,10 @@ class AgentProcess:
     def log_records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.logs() if line.startswith("{")]
 
+    def messages(self) -> list[str]:
+        """The message of every JSON log line so far."""
+        return [r["message"] for r in self.log_records()]
+
     def wait_for(self, predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> Any:
         """Poll `predicate()` until it returns something truthy; fail after `timeout`."""
         deadline = time.monotonic() + timeout

@@ -31,7 +31,6 @@ A bounded number of examples by default; RELIABILITY_FUZZ_EXAMPLES asks for more
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
 import functools
@@ -48,7 +47,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import jsonpatch
 import jsonschema
 import pytest
 import yaml
@@ -63,6 +61,7 @@ from agent.kube.qos import QosClass, qos_class
 from agent.lint import lint_paths
 from agent.webhook import admission
 from agent.webhook.server import Settings, injection
+from tests.webhook import reviews
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # One version per sidecar mode and preStop form (a regular container; a native sidecar with /prestop/wait; with the
@@ -503,12 +502,6 @@ def test_the_qos_class_is_kept(workdir: pathlib.Path, kind: str, data: st.DataOb
         assert after is (QosClass.BURSTABLE if before is QosClass.BEST_EFFORT else before)
 
 
-def review(pod: Mapping[str, Any]) -> bytes:
-    return json.dumps({"apiVersion": admission.API_VERSION, "kind": "AdmissionReview",
-                       "request": {"uid": "u-1", "kind": admission.POD, "operation": "CREATE", "namespace": "shop",
-                                   "object": pod}}).encode()
-
-
 @for_every_kind
 def test_the_webhooks_patch_gives_injects_pod(workdir: pathlib.Path, kind: str, data: st.DataObject) -> None:
     """The same pod (the workload's template as a Pod) through the webhook and through `inject`."""
@@ -519,14 +512,12 @@ def test_the_webhooks_patch_gives_injects_pod(workdir: pathlib.Path, kind: str, 
     options = Options(kubernetes_version=chosen.version, kubernetes_source=chosen.source)
     mutate, refusals = injection(Settings(cert="unused.pem", key="unused.key", options=options))
     assert refusals == (InjectError,)
-    decision = admission.decide(admission.parse(review(pod)), mutate, refusals)
+    decision = admission.decide(admission.parse(json.dumps(reviews.review(pod)).encode()), mutate, refusals)
     run = cli(write(workdir, "pod.yaml", dump(pod)), w.version)
     if decision.result == "refused":
         assert run.code == 2 and w.refused_annotation, (decision.message, run.err)
         return
     assert run.code == 0, run.err
     response = decision.body["response"]
-    patched = pod
-    if "patch" in response:
-        patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
-    assert patched == yaml.safe_load(run.out)
+    after = reviews.patched(pod, response) if "patch" in response else pod
+    assert after == yaml.safe_load(run.out)

@@ -67,10 +67,6 @@ def kubelet_probes(agent: AgentProcess, path: str, code: int) -> None:
     agent.wait_status(path, code, timeout=GENEROUS)
 
 
-def messages(agent: AgentProcess) -> list[str]:
-    return [r["message"] for r in agent.log_records()]
-
-
 def ready_fails_while(agent: AgentProcess, hook: Hook) -> None:
     """Readiness answers 503 while the hook is still held: the drain is what holds it."""
     agent.wait_status("/readyz", 503, "agent is", timeout=GENEROUS)
@@ -89,7 +85,7 @@ def test_a_deletion_drains_when_the_agent_hears_sigterm_beside_the_apps_hook(ali
         code, body = hook.result()
         assert (code, body.split(" (")[0].strip()) == (200, "shutdown: not_relayed")
         assert agent.wait_exit(GENEROUS) == 0
-        assert not any("container restart" in m for m in messages(agent))
+        assert not any("container restart" in m for m in agent.messages())
 
 
 def test_a_deletion_drains_when_the_apps_hook_calls_prestop(alive: Alive) -> None:
@@ -115,7 +111,7 @@ def test_a_native_deletion_drains_and_the_agent_serves_on_until_its_own_sigterm(
         code, body = hook.result()
         assert (code, body.split(" (")[0].strip()) == (200, "shutdown: not_relayed")
         # The drain is over and the app would now stop: the agent waits for its turn, serving.
-        agent.wait_for(lambda: any("until SIGTERM" in m and "still serving" in m for m in messages(agent)),
+        agent.wait_for(lambda: any("until SIGTERM" in m and "still serving" in m for m in agent.messages()),
                        GENEROUS)
         status = agent.status()
         assert status["phase"] == "stopped"
@@ -126,7 +122,7 @@ def test_a_native_deletion_drains_and_the_agent_serves_on_until_its_own_sigterm(
         assert agent.proc.poll() is None
         agent.signal(signal.SIGTERM)  # the kubelet: the app containers have exited
         assert agent.wait_exit(GENEROUS) == 0
-        assert any(m.startswith("received SIGTERM after waiting") for m in messages(agent))
+        assert any(m.startswith("received SIGTERM after waiting") for m in agent.messages())
 
 
 def test_a_native_agent_signalled_during_its_drain_exits_without_waiting_it_out(alive: Alive) -> None:
@@ -160,7 +156,7 @@ def test_a_liveness_kill_is_answered_at_once_and_the_agent_keeps_running(alive: 
         assert status["container_restarts"]["count"] == 1
         assert status["container_restarts"]["last"]["hook"] == f"GET {hook.split('?')[0]}"
         assert agent.get("/readyz")[0] == 200
-        assert any("a container restart, not a pod stop" in m for m in messages(agent))
+        assert any("a container restart, not a pod stop" in m for m in agent.messages())
         # The app is back before the kubelet probes again (its last answer is still 503): a deletion drains as always.
         web.write_text("ok")
         agent.wait_for(lambda: agent.status()["checks"]["web-liveness"]["state"] == "passing", GENEROUS)

@@ -99,12 +99,8 @@ class Load:
 
 def signalled_at(agent: AgentProcess, signame: str) -> float:
     """Wait for the agent's "sent SIGNAL" line; the monotonic time it was seen (just after it was sent)."""
-    agent.wait_for(lambda: any(m.startswith(f"sent {signame} to ") for m in messages(agent)), timeout=30, interval=0.01)
+    agent.wait_for(lambda: any(m.startswith(f"sent {signame} to ") for m in agent.messages()), timeout=30, interval=0.01)
     return time.monotonic()
-
-
-def messages(agent: AgentProcess) -> list[str]:
-    return [r["message"] for r in agent.log_records()]
 
 
 def stop_under_load(agent: AgentProcess, port: int, signame: str, read_by_server: Callable[[], set[int]]) -> Load:
@@ -121,7 +117,7 @@ def stop_under_load(agent: AgentProcess, port: int, signame: str, read_by_server
     assert load.unanswered() == {}, (load.outcomes, "read by the server, not answered in full")
     # Requests being answered when the stop signal came were all answered in full.
     assert load.in_flight_at(signalled) >= 1, (load.outcomes, load.spans[-5:], signalled)
-    assert not any("SIGKILL" in m for m in messages(agent))
+    assert not any("SIGKILL" in m for m in agent.messages())
     return load
 
 
@@ -167,7 +163,7 @@ http {{
         master = psutil.Process(agent.proc.pid).children()[0].pid
         until(lambda: len(workers_of(master)) == 2)
         stop_under_load(agent, port, "SIGQUIT", lambda: ids_in(tmp_path / "ids.log"))
-        said = messages(agent)
+        said = agent.messages()
         assert any(m.startswith(f"sent SIGQUIT to the app's process group {master} (3 processes)") for m in said), said
     assert not psutil.pid_exists(master)
 
@@ -204,7 +200,7 @@ def test_gunicorn_stops_gracefully_with_sigterm_to_its_group(tmp_path: pathlib.P
         until(lambda: len(workers_of(master)) == 2)
         stop_under_load(agent, port, "SIGTERM", lambda: ids_in(tmp_path / "ids.log"))
         assert any(m.startswith(f"sent SIGTERM to the app's process group {master} (3 processes)")
-                   for m in messages(agent))
+                   for m in agent.messages())
     assert not psutil.pid_exists(master)
 
 
@@ -229,7 +225,7 @@ def test_gunicorn_ttin_and_usr2_reach_only_the_master(tmp_path: pathlib.Path) ->
         wait_port(port, timeout=2)  # still serving
         agent.signal(signal.SIGTERM)
         assert agent.wait_exit(timeout=60) == 0
-        assert not any("SIGKILL" in m for m in messages(agent)), messages(agent)
+        assert not any("SIGKILL" in m for m in agent.messages()), agent.messages()
     assert not psutil.pid_exists(master)
     for pid in first:
         assert not psutil.pid_exists(pid)

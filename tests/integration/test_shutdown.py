@@ -69,10 +69,6 @@ def seen(agent: AgentProcess, pid: int) -> None:
     agent.wait_for(lambda: (agent.status().get("app") or {}).get("pid") == pid)
 
 
-def messages(agent: AgentProcess) -> list[str]:
-    return [r["message"] for r in agent.log_records()]
-
-
 def test_readiness_fails_before_the_app_is_signalled_and_the_signal_waits_for_the_drain(start_app) -> None:  # type: ignore[no-untyped-def]
     app = start_app()
     with run_agent(watching(app, "drain_delay: 1s, stop_timeout: 5s")) as agent:
@@ -88,7 +84,7 @@ def test_readiness_fails_before_the_app_is_signalled_and_the_signal_waits_for_th
         assert signalled is not None and app.proc.wait(10) == 0
         assert triggered < not_ready < signalled
         assert signalled - triggered >= 1.0
-        assert "the app exited" in " ".join(messages(agent))
+        assert "the app exited" in " ".join(agent.messages())
 
 
 def test_an_app_that_ignores_sigterm_is_killed_only_after_stop_timeout(start_app) -> None:  # type: ignore[no-untyped-def]
@@ -103,7 +99,7 @@ def test_an_app_that_ignores_sigterm_is_killed_only_after_stop_timeout(start_app
         assert signalled is not None and died - signalled >= 1.0
         pid = app.proc.pid
         assert any(m.startswith(f"the app did not exit within stop_timeout 1s: pid {pid} (")
-                   and f") still runs; sending SIGKILL to pid {pid} (" in m for m in messages(agent))
+                   and f") still runs; sending SIGKILL to pid {pid} (" in m for m in agent.messages())
 
 
 
@@ -113,12 +109,12 @@ def test_a_second_sigterm_changes_nothing(start_app) -> None:  # type: ignore[no
         seen(agent, app.proc.pid)
         triggered = time.monotonic()
         agent.signal(signal.SIGTERM)
-        agent.wait_for(lambda: "received SIGTERM" in messages(agent))
+        agent.wait_for(lambda: "received SIGTERM" in agent.messages())
         agent.signal(signal.SIGTERM)
         assert agent.wait_exit() == 0
         signalled = app.when("SIGTERM")
         assert signalled is not None and signalled - triggered >= 1.0
-        assert "received SIGTERM again; the shutdown already runs" in messages(agent)
+        assert "received SIGTERM again; the shutdown already runs" in agent.messages()
 
 
 def test_the_agent_exits_at_once_when_the_app_is_already_gone(start_app) -> None:  # type: ignore[no-untyped-def]
@@ -129,17 +125,17 @@ def test_the_agent_exits_at_once_when_the_app_is_already_gone(start_app) -> None
         app.proc.wait()
         agent.signal(signal.SIGTERM)
         assert agent.wait_exit(timeout=10) == 0
-        assert "shutdown (SIGTERM): the app has already exited, stopping at once" in messages(agent)
+        assert "shutdown (SIGTERM): the app has already exited, stopping at once" in agent.messages()
 
 
 def test_an_invisible_app_is_warned_about_and_the_sequence_still_drains() -> None:
     config = "app: {match: {cmdline: 'no-such-app-anywhere-x1y2'}}\nshutdown: {drain_delay: 300ms}\n"
     with run_agent(config) as agent:
-        agent.wait_for(lambda: any("is not visible" in m for m in messages(agent)))
+        agent.wait_for(lambda: any("is not visible" in m for m in agent.messages()))
         agent.signal(signal.SIGTERM)
         agent.wait_status("/readyz", 503, "draining")
         assert agent.wait_exit() == 0
-        assert any("so no signal to relay" in m for m in messages(agent))
+        assert any("so no signal to relay" in m for m in agent.messages())
 
 
 def test_prestop_blocks_until_the_app_is_stopped(start_app) -> None:  # type: ignore[no-untyped-def]
@@ -270,7 +266,7 @@ def test_the_drain_ends_by_its_timeout_with_many_idle_connections_open(start_app
         signalled = app.when("SIGTERM")
         assert signalled is not None and signalled - triggered >= 1.0
         assert signalled - triggered < 15.0  # the drain's timeout is the bound: it ends at 1 s, not when clients go
-        assert f"500 connections on port {port} still open after 1s; going on" in messages(agent)
+        assert f"500 connections on port {port} still open after 1s; going on" in agent.messages()
     finally:
         for sock in clients:
             sock.close()

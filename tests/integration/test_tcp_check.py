@@ -74,8 +74,9 @@ async def test_a_connection_still_in_progress_is_waited_for_on_the_loop() -> Non
         run = asyncio.create_task(check.run())
         # The check's SYN is out and unanswered (the backlog is full), and the loop has run other work since:
         # a run that blocked or gave up would be done by now; one suspended on the socket is not.
-        while connecting_to(port) <= held and not run.done():
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(10):  # a bound for a SYN that never shows: fail here, not at the test's timeout
+            while connecting_to(port) <= held and not run.done():
+                await asyncio.sleep(0.01)
         for _ in range(20):
             await asyncio.sleep(0)
         assert not run.done()  # suspended on the socket, not finished nor failed

@@ -96,10 +96,6 @@ def gone(pid: int, started_at: float) -> bool:
         return True
 
 
-def messages(agent: AgentProcess) -> list[str]:
-    return [r["message"] for r in agent.log_records()]
-
-
 FAST = "shutdown: {drain_delay: 200ms, stop_timeout: 10s}\n"
 
 
@@ -118,7 +114,7 @@ def test_exec_mode_stops_the_app_behind_the_wrapper_with_one_signal(case: str, w
         assert agent.wait_exit() == wrapped.exec_code
     assert wrapped.events().count("SIGTERM") == 1 and "graceful" in wrapped.events()
     assert gone(pid, born) and not any(p.is_running() for p in tree)  # nothing of the tree is left
-    said = messages(agent)
+    said = agent.messages()
     assert not any("SIGKILL" in m for m in said), said
     assert any(m.startswith("the app exited ") for m in said)
     # The shell may die of the group's signal while the app still finishes: the log says so, not "the app exited".
@@ -142,12 +138,12 @@ def test_run_mode_finds_the_app_behind_the_wrapper_and_stops_it_alone(case: str,
             target = agent.status()["app"]["target"]
             if case.endswith(("-c", "wrapper")):  # a script's shell has no marker in its command line to match
                 assert "runs it and does not pass a stop signal on" in target["reason"]
-                assert any(m.startswith(f"the app is pid {pid} (") for m in messages(agent))
+                assert any(m.startswith(f"the app is pid {pid} (") for m in agent.messages())
             agent.signal(signal.SIGTERM)
             assert agent.wait_exit() == 0
         assert wrapped.events().count("SIGTERM") == 1 and "graceful" in wrapped.events()
         assert gone(pid, born)
-        said = messages(agent)
+        said = agent.messages()
         # The test's own process group holds the shell: the agent signals the app alone, and says why.
         assert any(m.startswith(f"sent SIGTERM to the app (pid {pid} (") and "not its process group" in m for m in said)
         assert any(m.startswith("the app exited ") for m in said) and not any("SIGKILL" in m for m in said)
@@ -172,7 +168,7 @@ def test_run_mode_signals_the_apps_own_group_when_it_is_another_containers(wrap:
             assert agent.wait_exit() == 0
         assert wrapped.events().count("SIGTERM") == 1 and "graceful" in wrapped.events()
         assert outer.wait(10) == -signal.SIGTERM  # the shell got the group's signal too
-        said = messages(agent)
+        said = agent.messages()
         assert any(m.startswith(f"sent SIGTERM to the app (pid {pid} (") and f"its process group {outer.pid} (2 processes)"
                    in m for m in said), said
     finally:
@@ -193,7 +189,7 @@ def test_exec_mode_sigkills_the_whole_tree_of_an_app_that_ignores_the_signal(wra
         assert agent.wait_exit() == TERM  # the outer shell's own end: SIGTERM
     assert wrapped.events().count("SIGTERM") == 1 and "graceful" not in wrapped.events()
     assert gone(pid, born) and not any(p.is_running() for p in tree)
-    said = messages(agent)
+    said = agent.messages()
     killing = [m for m in said if "sending SIGKILL to" in m]
     assert len(killing) == 1 and f"pid {pid} (" in killing[0].split("sending SIGKILL to")[1], said
     assert killing[0].startswith("the app did not exit within stop_timeout 1s: the app's shell pid ")
@@ -213,7 +209,7 @@ def test_run_mode_sigkills_what_is_left_of_the_group_at_stop_timeout(wrap: Calla
         assert outer.wait(10) == -signal.SIGTERM
         assert wrapped.events().count("SIGTERM") == 1
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        said = messages(agent)
+        said = agent.messages()
         assert any(m.startswith(f"the app did not exit within stop_timeout 1s: pid {pid} (") and
                    f"still runs; sending SIGKILL to pid {pid} (" in m for m in said), said
     finally:
@@ -236,7 +232,7 @@ def test_a_shell_that_exits_alone_is_never_called_the_app_exiting(wrap: Callable
             agent.signal(signal.SIGTERM)
             assert agent.wait_exit() == 0
         assert outer.wait(10) == -signal.SIGTERM
-        said = messages(agent)
+        said = agent.messages()
         assert not any(m.startswith("the app exited ") for m in said), said
         assert any(m.startswith(f"the app did not exit within stop_timeout 1s: the app's shell pid {outer.pid} (sh) "
                                 f"exited but pid {pid} (") for m in said), said
@@ -257,7 +253,7 @@ def test_exec_mode_stops_what_the_app_left_behind_when_it_exits_by_itself(tmp_pa
         pid = started(agent, wrapped)
         assert agent.wait_exit() == 3
     assert wrapped.events().count("SIGTERM") == 1 and "graceful" in wrapped.events()
-    said = messages(agent)
+    said = agent.messages()
     assert any(m.startswith(f"the app has exited but pid {pid} (") and "sent SIGTERM to" in m for m in said), said
     assert "the app's remaining processes have exited" in said
 
@@ -294,7 +290,7 @@ def test_unrelated_matches_are_named_with_the_choice(wrap: Callable[..., Wrapped
             assert "runs it and does not pass a stop signal on" in reason
             assert f"2 unrelated processes match; the oldest is watched, not pid {procs[1].pid} (bash)" in reason
             assert any(m.startswith(f"the app is pid {older} (") and "2 unrelated processes match" in m
-                       for m in messages(agent))
+                       for m in agent.messages())
             assert younger != older
     finally:
         for proc in procs:
@@ -314,7 +310,7 @@ def test_exec_mode_with_stop_scope_process_signals_the_child_alone_and_says_what
         agent.signal(signal.SIGTERM)
         assert agent.wait_exit() == TERM
     assert "SIGTERM" not in wrapped.events() and gone(pid, born)  # the shell alone got it; the app was SIGKILLed
-    said = messages(agent)
+    said = agent.messages()
     assert any(m.startswith(f"sent SIGTERM to the app (pid {shell} (sh))") for m in said), said
     assert any(m.startswith(f"the app's shell pid {shell} (sh) exited but pid {pid} (") for m in said), said
     assert any(m.startswith(f"the app did not exit within stop_timeout 1s: the app's shell pid {shell} (sh) exited "

@@ -84,10 +84,9 @@ def raw(port: int, data: bytes) -> bytes:
         return out
 
 
-def check_config(path: pathlib.Path, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)], capture_output=True, text=True,
+def check_config(path: pathlib.Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)], capture_output=True, text=True,
                           timeout=60, env={**os.environ, **env})
-    return done.stdout + done.stderr
 
 
 def everything_served(agent: AgentProcess, checks: dict[str, list[str]]) -> dict[str, str]:
@@ -189,7 +188,8 @@ def test_no_secret_in_logs_status_probes_metrics_or_check_config(servers: tuple[
         path.write_text(text + "  bad: {type: http, url: 'http://u:" + SECRETS["http URL password"] + "@127.0.0.1:1/', timeot: 1s}\n")
         assert agent.get("/admin/reload", method="POST")[0] == 422
         path.write_text(text)
-        places["check-config"] = check_config(path, env)
+        done = check_config(path, env)
+        places["check-config"] = done.stdout + done.stderr
         assert "<redacted>" in places["check-config"] and "10 checks" in places["check-config"], places["check-config"]
         places.update({f"{k} (after reloads)": v for k, v in everything_served(agent, checks).items()})
         agent.signal(15)  # SIGTERM: the shutdown's log lines too
@@ -216,7 +216,8 @@ def test_no_admin_token_from_token_file_anywhere(tmp_path: pathlib.Path) -> None
         time.sleep(0.3)
         places.update(everything_served(agent, {"beat": ["readiness"]}))
         path = pathlib.Path(agent.proc.args[agent.proc.args.index("--config") + 1])  # type: ignore[index,union-attr]
-        places["check-config"] = check_config(path, {})
+        done = check_config(path, {})
+        places["check-config"] = done.stdout + done.stderr
         agent.signal(15)
         agent.wait_exit()
     places.update(log_texts(agent))
@@ -231,8 +232,7 @@ def test_no_admin_token_from_token_file_anywhere(tmp_path: pathlib.Path) -> None
 def test_a_url_whose_password_is_not_escaped_is_refused_without_printing_it(tmp_path: pathlib.Path, url: str) -> None:
     path = tmp_path / "agent.yaml"
     path.write_text(url + "\n")
-    done = subprocess.run([sys.executable, "-m", "agent", "check-config", str(path)], capture_output=True, text=True,
-                          timeout=60, env={**os.environ})
+    done = check_config(path, {})
     assert done.returncode == 2, done.stdout + done.stderr
     key = "checks.c.dsn" if "postgres" in url else "checks.c.url"
     assert done.stderr == f"{path}: {key}: not a valid URL (is the port a number? percent-encode '/', '?', '#' and '@' " \
