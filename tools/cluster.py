@@ -492,14 +492,19 @@ def write_proxy_config(state: State) -> Path:
 # ------------------------------------------------------------------------------------------------ host changes
 
 
-def record_host(state: State) -> None:
-    """Saves the sysctls the cluster may change and which system paths are absent, for `down`."""
+def read_sysctls() -> dict[str, str]:
+    """The current values of the sysctls the cluster may change (those the kernel has)."""
     sysctls = {}
     for key in SYSCTLS:
         with contextlib.suppress(OSError):
             sysctls[key] = (Path("/proc/sys") / key).read_text().strip()
+    return sysctls
+
+
+def record_host(state: State) -> None:
+    """Saves the sysctls the cluster may change and which system paths are absent, for `down`."""
     absent = [p for p in SYSTEM_PATHS + SHARED_PATHS if not os.path.lexists(p)]
-    state.record.write_text(json.dumps({"sysctls": sysctls, "absent": absent}, indent=1))
+    state.record.write_text(json.dumps({"sysctls": read_sysctls(), "absent": absent}, indent=1))
 
 
 def restore_host(state: State) -> None:

@@ -50,7 +50,6 @@ class ApiServer:
     port: int
     pki: Path
     procs: list[subprocess.Popen[bytes]]
-    logs: Path
 
     @property
     def base(self) -> str:
@@ -107,7 +106,7 @@ def running(root: Path, extra: Sequence[str] = ()) -> Iterator[ApiServer]:
     make_pki(pki)
     client, peer, secure = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
-    server = ApiServer("127.0.0.1", secure, pki, procs, root)
+    server = ApiServer("127.0.0.1", secure, pki, procs)
     try:
         procs.append(start(tool.etcd_command(root / "etcd", f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"),
                            root / "etcd.log"))
