@@ -18,7 +18,7 @@ import psutil
 from agent.kube.facts import LAUNCHERS, NODE_LAUNCHER_SCRIPTS, SHELLS
 
 # What runs the app as a child and does not pass a stop signal on to it: shells and launchers.
-WRAPPERS = SHELLS | LAUNCHERS
+NON_RELAYING = SHELLS | LAUNCHERS
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def is_launcher(process: psutil.Process) -> bool:
         name, argv = process.name(), process.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    if name in WRAPPERS or (argv and os.path.basename(argv[0]) in WRAPPERS):
+    if name in NON_RELAYING or (argv and os.path.basename(argv[0]) in NON_RELAYING):
         return True
     return name == "node" and len(argv) > 1 and os.path.basename(argv[1]) in NODE_LAUNCHER_SCRIPTS
 
@@ -187,6 +187,6 @@ def leftover_message(target: Member | None, left: list[Member]) -> str:
     """Say which processes still run, naming the target's own exit when it is not among them."""
     runs = "still run" if len(left) > 1 else "still runs"
     if target is not None and target not in left:
-        role = "shell" if target.name in WRAPPERS else "process"
+        role = "shell" if target.name in NON_RELAYING else "process"
         return f"the app's {role} {target} exited but {describe(left)} {runs}"
     return f"{describe(left)} {runs}"
