@@ -57,6 +57,19 @@ class Namespace:
     def create(self, path: str, body: dict[str, Any]) -> Any:
         return self.api.call("POST", f"{path}/namespaces/{self.name}/{body_plural(body)}", body)
 
+    def unscheduled_pod(self) -> None:
+        """The agent's pod (POD), bound to a node that runs no kubelet: a graceful deletion marks it and waits."""
+        self.create("/api/v1", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": POD},
+                                "spec": {"nodeName": "no-such-node", "serviceAccountName": "web",
+                                         "automountServiceAccountToken": False,
+                                         "containers": [{"name": "app", "image": "app:1"}]}})
+
+    def mark_not_ready(self, slice_name: str) -> None:
+        """The endpoints controller's part when the pod terminates: POD shown not ready in that slice."""
+        current = self.api.call("GET", slices_path(self, slice_name))
+        self.api.call("PUT", slices_path(self, slice_name), {
+            **endpoint_slice(slice_name, endpoint(POD, IP, self.name, ready=False)), "metadata": current["metadata"]})
+
     def service_account(self, name: str) -> None:
         self.create("/api/v1", {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
 

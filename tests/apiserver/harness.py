@@ -71,6 +71,17 @@ class ApiServer:
             with exc:  # the error holds the response and its socket
                 raise ApiFailure(exc.code, exc.read().decode(errors="replace")) from None
 
+    def status_as(self, token: str, path: str) -> int:
+        """The HTTP status of a GET of `path` with a bearer token (and no client certificate)."""
+        request = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {token}"})
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code
+
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(self.base + "/readyz", context=self._context(), timeout=5) as resp:

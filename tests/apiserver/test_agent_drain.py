@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.testing import run_agent
-from tests.apiserver.conftest import IP, POD, Namespace, endpoint, endpoint_slice, slices_path
+from tests.apiserver.conftest import IP, POD, Namespace, endpoint, endpoint_slice
 
 # The session's API server may first be built (tools/cluster.py build): only the test itself is timed.
 pytestmark = pytest.mark.timeout(120, func_only=True)
@@ -40,10 +40,8 @@ def test_the_drain_ends_when_the_pod_leaves_its_slice(namespace: Namespace, gran
         agent.signal(signal.SIGTERM)
         agent.wait_status("/readyz", 503)
         # The endpoints controller's part: the terminating pod shown not ready.
-        current = namespace.api.call("GET", slices_path(namespace, "web-a"))
         left_at = time.time()
-        namespace.api.call("PUT", slices_path(namespace, "web-a"), {
-            **endpoint_slice("web-a", endpoint(POD, IP, namespace.name, ready=False)), "metadata": current["metadata"]})
+        namespace.mark_not_ready("web-a")
         assert agent.wait_exit(timeout=BOUND) == 0
         over = [r for r in agent.log_records() if r["message"].startswith("drain over after")]
         assert len(over) == 1 and over[0]["message"].endswith(": the pod left its EndpointSlices"), over
@@ -71,10 +69,7 @@ def test_without_the_role_the_agent_drains_on_the_timer_and_says_why(namespace: 
 
 
 def test_prestop_reads_the_pods_deletion(namespace: Namespace, granted: Path) -> None:
-    namespace.create("/api/v1", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": POD},
-                                 "spec": {"nodeName": "no-such-node", "serviceAccountName": "web",
-                                          "automountServiceAccountToken": False,
-                                          "containers": [{"name": "app", "image": "app:1"}]}})
+    namespace.unscheduled_pod()
     namespace.api.call("DELETE", f"/api/v1/namespaces/{namespace.name}/pods/{POD}")  # graceful: it stays, marked
     config = CONFIG.replace("drain_delay: 25s", "drain_delay: 1s")
     with run_agent(config, env=agent_env(namespace, granted)) as agent:
@@ -102,10 +97,7 @@ shutdown:
 
 def test_a_hook_while_liveness_fails_is_a_restart_unless_the_api_shows_the_deletion(namespace: Namespace,
                                                                                    granted: Path) -> None:
-    namespace.create("/api/v1", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": POD},
-                                 "spec": {"nodeName": "no-such-node", "serviceAccountName": "web",
-                                          "automountServiceAccountToken": False,
-                                          "containers": [{"name": "app", "image": "app:1"}]}})
+    namespace.unscheduled_pod()
     with run_agent(FAILING_LIVENESS, env=agent_env(namespace, granted)) as agent:
         agent.wait_for(lambda: (agent.status()["endpoints"] or {}).get("live"), timeout=BOUND)
         agent.wait_status("/livez", 503, timeout=BOUND)  # the kubelet was told: the liveness kill's hook follows

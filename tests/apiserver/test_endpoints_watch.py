@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -44,16 +41,9 @@ async def until(what: str, condition: Callable[[], bool], watch: EndpointsWatch)
 def refused(ns: Namespace, token: str) -> None:
     """Wait until the API refuses `token` (401)."""
     deadline = time.monotonic() + BOUND
-    request = urllib.request.Request(ns.api.base + slices_path(ns), headers={"Authorization": f"Bearer {token}"})
-    context = ssl.create_default_context(cafile=str(ns.api.pki / "ca.crt"))
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(request, context=context, timeout=10):
-                pass
-        except urllib.error.HTTPError as exc:
-            with exc:
-                if exc.code == 401:
-                    return
+        if ns.api.status_as(token, slices_path(ns)) == 401:
+            return
         time.sleep(0.2)
     raise AssertionError(f"the old token still works after {BOUND:g}s")
 
@@ -81,9 +71,7 @@ async def test_the_watch_follows_the_pod_into_and_out_of_its_slices(namespace: N
         assert [s["slice"] for s in watch.document()["slices"]] == ["web-a"]
         assert watch.ending(time.monotonic(), 5.0).ended_by is EndedBy.TIMER
         stop = time.monotonic()
-        namespace.api.call("PUT", slices_path(namespace, "web-a"), {
-            **endpoint_slice("web-a", endpoint(POD, IP, namespace.name, ready=False)),
-            "metadata": {**namespace.api.call("GET", slices_path(namespace, "web-a"))["metadata"]}})
+        namespace.mark_not_ready("web-a")
         await until("the pod out", lambda: not watch.tracker.routed, watch)
         ending = watch.ending(stop, 30.0)
         assert ending.ended_by is EndedBy.ENDPOINTS and ending.at == watch.tracker.out_since + 1.0
@@ -173,10 +161,7 @@ async def test_no_token_means_no_watch_and_the_timer(tmp_path: Path) -> None:
 
 async def test_the_pods_deletion_timestamp_tells_a_deletion(namespace: Namespace, granted: Path) -> None:
     # A pod bound to a node that runs no kubelet: its graceful deletion sets deletionTimestamp and waits.
-    namespace.create("/api/v1", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": POD},
-                                 "spec": {"nodeName": "no-such-node", "serviceAccountName": "web",
-                                          "automountServiceAccountToken": False,
-                                          "containers": [{"name": "app", "image": "app:1"}]}})
+    namespace.unscheduled_pod()
     async with started(namespace, granted) as watch:
         assert await watch.pod_deleted() is False
         namespace.api.call("DELETE", f"/api/v1/namespaces/{namespace.name}/pods/{POD}")

@@ -15,11 +15,8 @@ import logging
 import os
 import shutil
 import signal
-import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,14 +54,7 @@ IN_POD = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 def lists_nodes(api: ApiServer, token: str) -> bool:
     """Whether TOKEN may list the nodes yet (the RBAC authorizer sees a new binding a moment after it is made)."""
-    request = urllib.request.Request(f"{api.base}/api/v1/nodes?limit=1", headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, context=ssl.create_default_context(cafile=api.pki / "ca.crt"),
-                                    timeout=10) as answer:
-            return bool(answer.status == 200)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return False
+    return api.status_as(token, "/api/v1/nodes?limit=1") == 200
 
 
 @pytest.fixture(scope="module")
