@@ -97,9 +97,9 @@ class EndpointsWatch:
 
     def __init__(self, cfg: EndpointsConfig, access: ApiServer | None, pod: PodIdentity | None, *,
                  reason: str | None = None, clock: Callable[[], float],
-                 on_live: Callable[[bool], None] = lambda live: None, watch_seconds: int = WATCH_SECONDS,
+                 watch_seconds: int = WATCH_SECONDS,
                  request_timeout: float = REQUEST_TIMEOUT) -> None:
-        self.cfg, self.access, self.pod, self.clock, self.on_live = cfg, access, pod, clock, on_live
+        self.cfg, self.access, self.pod, self.clock = cfg, access, pod, clock
         self.watch_seconds, self.request_timeout = watch_seconds, request_timeout
         self.lists = self.watches = 0  # completed lists, watches answered 200: for /status and the tests
         self.tracker = SliceTracker(pod or PodIdentity(""), clock)
@@ -294,7 +294,6 @@ class EndpointsWatch:
                 event(log, logging.INFO, f"watching the EndpointSlices of namespace {self.tracker.pod.namespace}: "
                       f"the pod is in {len(self.tracker.listings)}", endpoints="watching")
             self.state, self.reason = WatchState.WATCHING, None
-            self.on_live(True)
             self._notify()
 
     def _fail(self, reason: str) -> None:
@@ -303,7 +302,6 @@ class EndpointsWatch:
         if self.state is not WatchState.FALLBACK or _kind(reason) != _kind(self.reason or ""):
             event(log, logging.WARNING, f"the drain falls back to the timer: {reason}", endpoints="fallback")
         self.state, self.reason = WatchState.FALLBACK, reason
-        self.on_live(False)
         self._notify()
 
     def _notify(self) -> None:
@@ -358,8 +356,7 @@ async def _lines(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
             raise ValueError("a watch event longer than 16 MiB")
 
 
-def build(cfg: EndpointsConfig, env: Mapping[str, str], *, clock: Callable[[], float],
-          account: Path | None = None, on_live: Callable[[bool], None] = lambda live: None,
+def build(cfg: EndpointsConfig, env: Mapping[str, str], *, clock: Callable[[], float], account: Path | None = None,
           **tuning: Any) -> EndpointsWatch:
     """The watch for this pod, or an inert one saying why the drain stays the timer (logged once here).
     `account`: the service account's directory (default: $SIDECAR_AGENT_SERVICE_ACCOUNT_DIR, else the kubelet's)."""
@@ -372,6 +369,6 @@ def build(cfg: EndpointsConfig, env: Mapping[str, str], *, clock: Callable[[], f
     if reason is not None:
         level = logging.WARNING if cfg.enabled is EndpointsMode.ON else logging.INFO
         event(log, level, f"the drain is the timer, not the EndpointSlices: {reason}", endpoints="off")
-        return EndpointsWatch(cfg, None, None, reason=reason, clock=clock, on_live=on_live)
+        return EndpointsWatch(cfg, None, None, reason=reason, clock=clock)
     assert not isinstance(access, str)
-    return EndpointsWatch(cfg, access, pod, clock=clock, on_live=on_live, **tuning)
+    return EndpointsWatch(cfg, access, pod, clock=clock, **tuning)

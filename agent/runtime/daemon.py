@@ -72,7 +72,8 @@ class Agent:
         watch_app = self.child is not None or config.app.match is not None
         self.app = AppMonitor(config.app.match, clock=clock, on_restart=self._log_restart) if watch_app else None
         self.heartbeats: dict[str, float] = {}
-        self.metrics = Metrics(self.health, lambda: self.app, clock)
+        self.metrics = Metrics(self.health, lambda: self.app, clock,
+                               endpoints_live=lambda: self.endpoints is not None and self.endpoints.live)
         self.tasks = Tasks(self.metrics.count_task_failure)
         self.exec_slots = asyncio.Semaphore(config.agent.max_concurrent_exec)
         context = CheckContext(self.app, self.heartbeats, clock, self.reaper, self.exec_slots)
@@ -85,8 +86,7 @@ class Agent:
             assert config.shutdown.endpoints is not None
             from agent.kube import endpoints_client  # only with the feature: nothing more is imported otherwise
 
-            self.endpoints = endpoints_client.build(config.shutdown.endpoints, os.environ, clock=clock,
-                                                    on_live=lambda live: self.metrics.endpoints_up.set(float(live)))
+            self.endpoints = endpoints_client.build(config.shutdown.endpoints, os.environ, clock=clock)
         self.shutdown = Shutdown(self.health, self._shutdown_config(config), self.child or self.app,
                                  on_outcome=self.metrics.count_shutdown, on_drain=self.metrics.observe_drain,
                                  endpoints=self.endpoints, clock=clock, tasks=self.tasks)

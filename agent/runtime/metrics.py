@@ -93,10 +93,11 @@ def _counter(name: str, registry: CollectorRegistry) -> Counter:
 
 
 class StateCollector:
-    """Reads check, probe, phase and app state from the cache whenever Prometheus scrapes."""
+    """Reads check, probe, phase, app and endpoints-watch state from the cache whenever Prometheus scrapes."""
 
-    def __init__(self, health: Health, app: Callable[[], AppMonitor | None], clock: Callable[[], float]) -> None:
-        self.health, self.app, self.clock = health, app, clock
+    def __init__(self, health: Health, app: Callable[[], AppMonitor | None], clock: Callable[[], float],
+                 endpoints_live: Callable[[], bool]) -> None:
+        self.health, self.app, self.clock, self.endpoints_live = health, app, clock, endpoints_live
 
     def collect(self) -> Iterator[Metric]:
         now, slack = self.clock(), self.health.slack()
@@ -112,6 +113,7 @@ class StateCollector:
         for p in Phase:
             phase.add_metric([p.value], 1.0 if self.health.lifecycle.phase is p else 0.0)
         yield phase
+        yield _family("sidecar_shutdown_endpoints_up", 1.0 if self.endpoints_live() else 0.0)
         yield from self._app_metrics()
 
     def _app_metrics(self) -> Iterator[Metric]:
@@ -140,7 +142,7 @@ class Metrics:
     """The agent's own registry and the instruments the engine and server update."""
 
     def __init__(self, health: Health, app: Callable[[], AppMonitor | None], clock: Callable[[], float],
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, endpoints_live: Callable[[], bool] = lambda: False) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # the _created series only add noise for a sidecar scraped every few seconds
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -164,13 +166,11 @@ class Metrics:
         self.drain_seconds = Histogram(drain.name, drain.help, drain.labels, registry=r, buckets=DRAIN_BUCKETS)
         for ended_by in EndedBy:
             self.drain_seconds.labels(ended_by.value)
-        endpoints_up = METRICS["sidecar_shutdown_endpoints_up"]
-        self.endpoints_up = Gauge(endpoints_up.name, endpoints_up.help, registry=r)
         self._children: dict[str, _CheckChildren] = {}
         self._init_children(health.specs)
         self._probe_children: dict[tuple[str, int], Counter] = {(p, code): self.probe_requests.labels(p, str(code))
                                 for p in Probe for code in (200, 503)}
-        r.register(StateCollector(health, app, clock))
+        r.register(StateCollector(health, app, clock, endpoints_live))
         ProcessCollector(registry=r)
 
     def observe(self, spec: CheckSpec[object], result: Result, flipped: bool) -> None:
