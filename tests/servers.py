@@ -169,26 +169,6 @@ def accepting_port() -> Iterator[int]:
         server.close()
 
 
-def read_by_server(client: socket.socket) -> bool:
-    """Whether the server end of CLIENT's TCP connection was accepted and has read everything CLIENT sent.
-
-    The kernel's table (/proc/net/tcp, tcp6) gives each socket's receive queue: the server's end of the connection
-    is the line whose local address is CLIENT's peer and whose remote address is CLIENT; an empty queue there
-    means the server's process has read the request, an event a test can wait for instead of sleeping.
-    """
-    def hexed(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
-        return f"{address[1]:04X}"
-
-    local, peer = hexed(client.getsockname()), hexed(client.getpeername())
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as handle:
-            for line in list(handle)[1:]:
-                fields = line.split()
-                if fields[1].endswith(":" + peer) and fields[2].endswith(":" + local):
-                    return int(fields[4].split(":")[1], 16) == 0
-    return False
-
-
 def until(predicate: Callable[[], object], timeout: float = 20.0) -> None:
     """Poll `predicate` until it is true; fail after `timeout` seconds (generous: a bound, not a measure)."""
     deadline = time.monotonic() + timeout

@@ -1,17 +1,14 @@
-"""What an injected pod needs of the agent: its config from SIDECAR_AGENT_CONFIG_YAML, `/prestop/wait` that only
-waits, and `sidecar-agent stop` that starts the ordered stop over loopback."""
+"""What an injected pod needs of the agent: its config from SIDECAR_AGENT_CONFIG_YAML and `sidecar-agent stop` that
+starts the ordered stop over loopback (`/prestop/wait`, which only waits: tests/integration/test_hooks.py)."""
 
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 from agent.testing import run_agent
 from tests.children import replaced_env
-from tests.servers import read_by_server
 
 CONFIG = ("log: {level: info, format: json}\n"
           "checks:\n  from-env: {type: tcp, address: '127.0.0.1:1', probes: [], interval: 1s}\n"
@@ -28,27 +25,6 @@ def test_a_bad_config_in_the_environment_is_a_usage_error() -> None:
                           env=replaced_env({"SIDECAR_AGENT_CONFIG_YAML": "checks: {x: {type: tcp}}\n", "PATH": "/usr/bin:/bin"}))
     assert done.returncode == 2
     assert "SIDECAR_AGENT_CONFIG_YAML: checks.x.address" in done.stderr
-
-
-def test_prestop_wait_waits_for_a_stop_it_does_not_start() -> None:
-    with run_agent(None, env={"SIDECAR_AGENT_CONFIG_YAML": CONFIG}) as agent:
-        hook = socket.create_connection(("127.0.0.1", agent.port), timeout=30)
-        with hook:
-            hook.sendall(b"GET /prestop/wait HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
-            # The agent has read the request, and answered a later one: the handler had its chance to start a stop.
-            agent.wait_for(lambda: read_by_server(hook))
-            assert agent.get("/livez") == (200, "ok\n")
-            assert agent.status()["phase"] == "running", "a caller alone changes nothing"
-            sent = time.monotonic()
-            agent.signal(signal.SIGTERM)
-            answer = b""
-            while chunk := hook.recv(65536):
-                answer += chunk
-        head, _, body = answer.decode().partition("\r\n\r\n")
-        assert head.startswith("HTTP/1.1 200 ") and body.split(" (")[0] == "shutdown: not_relayed", answer
-        assert "after this hook)" in body, body
-        assert time.monotonic() - sent >= 1.0, "it returns once the drain is over"
-        assert agent.wait_exit(30) == 0
 
 
 def test_stop_starts_the_ordered_stop_on_loopback() -> None:

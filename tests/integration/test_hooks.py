@@ -80,10 +80,14 @@ def test_a_deletion_drains_when_the_agent_hears_sigterm_beside_the_apps_hook(ali
     with run_agent(config(alive("web"))) as agent:
         kubelet_probes(agent, "/livez/web-liveness", 200)
         hook = Hook(agent, "/prestop/wait?check=web-liveness", held=True)
+        assert agent.status()["phase"] == "running", "the hook alone starts nothing"
+        sent = time.monotonic()
         agent.signal(signal.SIGTERM)  # a regular sidecar: its SIGTERM comes with the app's hook, here just after
         ready_fails_while(agent, hook)
         code, body = hook.result()
         assert (code, body.split(" (")[0].strip()) == (200, "shutdown: not_relayed")
+        assert "after this hook)" in body, body  # how far behind the hook the stop began
+        assert time.monotonic() - sent >= 1.0, "it returns once the drain (1s) is over"
         assert agent.wait_exit(GENEROUS) == 0
         assert not any("container restart" in m for m in agent.messages())
 
