@@ -20,7 +20,6 @@ from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HERE = pathlib.Path(__file__).resolve().parent
-STATE = pathlib.Path(os.environ.get("SIDECAR_AGENT_CLUSTER_STATE", "/var/tmp/sidecar-agent-cluster"))
 AGENT_IMAGE = "sidecar-agent:0.1.0"
 BASE_IMAGE = "docker.io/library/python:3.12-slim"
 APP_IMAGE = "localhost/cluster-test-app:1"
@@ -36,6 +35,7 @@ def load_tool() -> ModuleType:
 
 
 tool = load_tool()
+STATE = pathlib.Path(os.environ.get("SIDECAR_AGENT_CLUSTER_STATE") or tool.DEFAULT_STATE)
 
 
 def cluster_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
@@ -57,14 +57,13 @@ class Cluster:
     """kubectl on the harness's cluster."""
 
     def __init__(self, state: pathlib.Path) -> None:
-        self.state = state
-        self.kubeconfig = state / "admin.kubeconfig"
-        self.kubectl_bin = str(tool.BIN / "kubectl")
+        self.paths = tool.State(state)  # tools/cluster.py's names for what the state directory holds
+        self.base: list[str] = tool.kubectl_cmd(self.paths)  # kubectl with the admin kubeconfig
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """kubectl ARGS; an AssertionError with its stderr when it fails and check is set."""
-        proc = subprocess.run([self.kubectl_bin, "--kubeconfig", str(self.kubeconfig), *args], input=stdin,
+        proc = subprocess.run([*self.base, *args], input=stdin,
                               capture_output=True, text=True, timeout=timeout, check=False)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} exited {proc.returncode}: {proc.stderr}")

@@ -33,3 +33,9 @@ def roll(cluster: Cluster, namespace: str, name: str, manifest: str,
     print(f"{name}: rollout in {time.monotonic() - started:.1f} s; new connections {load.fresh}; pool {load.pooled}")
     cluster.kubectl("delete", "-n", namespace, "deployment", name, "--wait=false")
     return load
+
+
+def assert_lossless(load: Load) -> None:
+    """Both clients were served throughout, and neither lost a request."""
+    assert load.fresh.ok > 100 and load.pooled.ok > 100
+    assert (load.fresh.failed, load.pooled.failed) == (0, 0), (load.fresh.errors, load.pooled.errors)

@@ -52,7 +52,7 @@ def test_termination_order(cluster: Cluster, version: str | None, mode: str) -> 
     cluster.apply(inject(pod(name), version), "-n", NS)
     ready = cluster.wait_ready(NS, f"app={name}", 1, timeout=90)[0]
     pod_name, ip = ready["metadata"]["name"], ready["status"]["podIP"]
-    base = [cluster.kubectl_bin, "--kubeconfig", str(cluster.kubeconfig), "-n", NS]
+    base = [*cluster.base, "-n", NS]
     with subprocess.Popen([*base, "get", "pod", pod_name, "-w", "--output-watch-events", "-o", "json"],
                           stdout=subprocess.PIPE, text=True) as watch, \
          subprocess.Popen([*base, "logs", "-f", pod_name, "-c", "sidecar-agent"], stdout=subprocess.PIPE, text=True) as logs:

@@ -44,7 +44,7 @@ def start(cluster: Cluster, key: str) -> tuple[str, str]:
 def host_pid(cluster: Cluster, ns: str, name: str, container: str) -> int:
     """The host pid of a container's first process, from the cluster's containerd."""
     cid = container_status(cluster.get("pod", "-n", ns, name), container)["containerID"].split("://")[1]
-    out = tool.run(["ctr", "-a", cluster.state / "containerd" / "containerd.sock", "-n", "k8s.io", "tasks", "ls"])
+    out = tool.run(["ctr", "-a", cluster.paths.socket, "-n", "k8s.io", "tasks", "ls"])
     for line in out.splitlines()[1:]:
         task, pid, _ = line.split()
         if task == cid:
